@@ -1,0 +1,103 @@
+//! Transformer encoder: embeddings + positions, then `encoder_layers` layers of
+//! self-attention and feed-forward.
+
+use candle_core::{Result, Tensor};
+use candle_nn::VarBuilder;
+
+use crate::attention::SelfAttention;
+use crate::config::{NormPosition, TransformerConfig};
+use crate::dropout::{Dropout, DropoutRng};
+use crate::embedding::{SinusoidalPositions, TokenEmbedding};
+use crate::feed_forward::FeedForward;
+use crate::norm::LayerNorm;
+
+/// A residual block around `f`, with the norm before (`pre`) or after (`post`) the sum.
+pub(crate) fn residual(
+    xs: &Tensor,
+    norm: &LayerNorm,
+    position: NormPosition,
+    dropout: &Dropout,
+    train: bool,
+    f: impl FnOnce(&Tensor) -> Result<Tensor>,
+) -> Result<Tensor> {
+    match position {
+        NormPosition::Pre => xs + dropout.forward_t(&f(&norm.forward(xs)?)?, train)?,
+        NormPosition::Post => norm.forward(&(xs + dropout.forward_t(&f(xs)?, train)?)?),
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct EncoderLayer {
+    self_attn: SelfAttention,
+    self_attn_norm: LayerNorm,
+    ffn: FeedForward,
+    ffn_norm: LayerNorm,
+    dropout: Dropout,
+    norm: NormPosition,
+}
+
+impl EncoderLayer {
+    pub fn new(cfg: &TransformerConfig, rng: &DropoutRng, vb: VarBuilder) -> Result<Self> {
+        let d = cfg.d_model;
+        Ok(Self {
+            self_attn: SelfAttention::new(d, cfg.n_heads, cfg.attention_dropout, rng.clone(), vb.pp("self_attn"))?,
+            self_attn_norm: LayerNorm::new(d, cfg.layer_norm_eps, vb.pp("self_attn_norm"))?,
+            ffn: FeedForward::new(d, cfg.d_ff, cfg.activation_dropout, rng.clone(), vb.pp("ffn"))?,
+            ffn_norm: LayerNorm::new(d, cfg.layer_norm_eps, vb.pp("ffn_norm"))?,
+            dropout: Dropout::new(cfg.dropout, rng.clone()),
+            norm: cfg.norm,
+        })
+    }
+
+    /// # Shapes
+    /// xs `(b, s, d)`, src_bias `(b, 1, 1, s)` → `(b, s, d)`
+    pub fn forward_t(&self, xs: &Tensor, src_bias: &Tensor, train: bool) -> Result<Tensor> {
+        let xs = residual(xs, &self.self_attn_norm, self.norm, &self.dropout, train, |x| {
+            Ok(self.self_attn.forward(x, Some(src_bias), train)?.0)
+        })?;
+        residual(&xs, &self.ffn_norm, self.norm, &self.dropout, train, |x| self.ffn.forward_t(x, train))
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Encoder {
+    layers: Vec<EncoderLayer>,
+    /// Only with pre-norm, where the stack's output is otherwise unnormalised.
+    final_norm: Option<LayerNorm>,
+    dropout: Dropout,
+}
+
+impl Encoder {
+    pub fn new(cfg: &TransformerConfig, rng: &DropoutRng, vb: VarBuilder) -> Result<Self> {
+        let layers = (0..cfg.encoder_layers)
+            .map(|i| EncoderLayer::new(cfg, rng, vb.pp("layers").pp(i)))
+            .collect::<Result<_>>()?;
+        let final_norm = match cfg.norm {
+            NormPosition::Pre => Some(LayerNorm::new(cfg.d_model, cfg.layer_norm_eps, vb.pp("final_norm"))?),
+            NormPosition::Post => None,
+        };
+        Ok(Self { layers, final_norm, dropout: Dropout::new(cfg.dropout, rng.clone()) })
+    }
+
+    /// # Shapes
+    /// src `(b, s)` u32, src_bias `(b, 1, 1, s)` → memory `(b, s, d)`
+    pub fn forward_t(
+        &self,
+        embed: &TokenEmbedding,
+        positions: &SinusoidalPositions,
+        src: &Tensor,
+        src_bias: &Tensor,
+        train: bool,
+    ) -> Result<Tensor> {
+        let (_, s) = src.dims2()?;
+        let xs = embed.forward(src)?.broadcast_add(&positions.get(0, s)?)?; // (b, s, d)
+        let mut xs = self.dropout.forward_t(&xs, train)?;
+        for layer in &self.layers {
+            xs = layer.forward_t(&xs, src_bias, train)?;
+        }
+        match &self.final_norm {
+            Some(norm) => norm.forward(&xs),
+            None => Ok(xs),
+        }
+    }
+}

@@ -1,0 +1,31 @@
+//! Position-wise feed-forward block: `fc2(dropout(relu(fc1(x))))`.
+
+use candle_core::{Module, Result, Tensor};
+use candle_nn::VarBuilder;
+
+use crate::dropout::{Dropout, DropoutRng};
+use crate::linear::Linear;
+
+#[derive(Clone, Debug)]
+pub struct FeedForward {
+    fc1: Linear,
+    fc2: Linear,
+    dropout: Dropout,
+}
+
+impl FeedForward {
+    pub fn new(d_model: usize, d_ff: usize, p: f32, rng: DropoutRng, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            fc1: Linear::new(d_model, d_ff, true, vb.pp("fc1"))?,
+            fc2: Linear::new(d_ff, d_model, true, vb.pp("fc2"))?,
+            dropout: Dropout::new(p, rng),
+        })
+    }
+
+    /// # Shapes
+    /// `(b, t, d)` → `(b, t, d)`
+    pub fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
+        let hidden = self.fc1.forward(xs)?.relu()?; // (b, t, d_ff)
+        self.fc2.forward(&self.dropout.forward_t(&hidden, train)?)
+    }
+}

@@ -1,0 +1,179 @@
+//! The Transformer encoder-decoder (Vaswani et al., 2017).
+
+use candle_core::{Device, Result, Tensor};
+use candle_nn::{Init, VarBuilder};
+
+use crate::config::{Tying, TransformerConfig, VocabSizes};
+use crate::decoder::{Decoder, LayerCache};
+use crate::dropout::DropoutRng;
+use crate::embedding::{SinusoidalPositions, TokenEmbedding};
+use crate::encoder::Encoder;
+use crate::mask::key_padding_bias;
+use crate::seq2seq::{Memory, Seq2Seq};
+
+#[derive(Clone, Debug)]
+pub struct Transformer {
+    cfg: TransformerConfig,
+    vocab: VocabSizes,
+    src_embed: TokenEmbedding,
+    tgt_embed: TokenEmbedding,
+    /// `(V, d)`; the target embedding's matrix unless `tie_embeddings = "none"`.
+    output_weight: Tensor,
+    positions: SinusoidalPositions,
+    encoder: Encoder,
+    decoder: Decoder,
+    dropout_rng: DropoutRng,
+}
+
+/// Decoding state of a [`Transformer`].
+#[derive(Clone, Debug)]
+pub struct TransformerCache {
+    pub layers: Vec<LayerCache>,
+    /// Number of target positions already fed.
+    pub offset: usize,
+}
+
+impl Transformer {
+    /// Builds the model; parameter names follow the module tree
+    /// (`encoder.layers.0.ffn.fc1.weight`, `tgt_embed.weight`, …).
+    pub fn new(cfg: &TransformerConfig, vocab: VocabSizes, dropout_rng: DropoutRng, vb: VarBuilder) -> Result<Self> {
+        cfg.validate(vocab)?;
+        let d = cfg.d_model;
+        let (src_embed, tgt_embed) = match cfg.tie_embeddings {
+            Tying::All => {
+                let e = TokenEmbedding::new(vocab.tgt, d, vb.pp("embed"))?;
+                (e.clone(), e)
+            }
+            Tying::Decoder | Tying::None => (
+                TokenEmbedding::new(vocab.src, d, vb.pp("src_embed"))?,
+                TokenEmbedding::new(vocab.tgt, d, vb.pp("tgt_embed"))?,
+            ),
+        };
+        let output_weight = match cfg.tie_embeddings {
+            Tying::None => vb.pp("output_proj").get_with_hints(
+                (vocab.tgt, d),
+                "weight",
+                Init::Randn { mean: 0.0, stdev: (d as f64).powf(-0.5) },
+            )?,
+            _ => tgt_embed.weight().clone(),
+        };
+        Ok(Self {
+            cfg: cfg.clone(),
+            vocab,
+            src_embed,
+            tgt_embed,
+            output_weight,
+            positions: SinusoidalPositions::new(cfg.max_positions, d, vb.device())?,
+            encoder: Encoder::new(cfg, &dropout_rng, vb.pp("encoder"))?,
+            decoder: Decoder::new(cfg, &dropout_rng, vb.pp("decoder"))?,
+            dropout_rng,
+        })
+    }
+
+    pub fn config(&self) -> &TransformerConfig {
+        &self.cfg
+    }
+
+    pub fn vocab(&self) -> VocabSizes {
+        self.vocab
+    }
+
+    pub fn device(&self) -> &Device {
+        self.output_weight.device()
+    }
+
+    /// The stream every dropout layer draws from (seed it, save it, restore it).
+    pub fn dropout_rng(&self) -> &DropoutRng {
+        &self.dropout_rng
+    }
+
+    /// # Shapes
+    /// hidden `(b, t, d)` → logits `(b, t, V)`.
+    pub fn project(&self, hidden: &Tensor) -> Result<Tensor> {
+        let (b, t, d) = hidden.dims3()?;
+        let logits = hidden.reshape((b * t, d))?.matmul(&self.output_weight.t()?)?; // (b·t, V)
+        logits.reshape((b, t, self.vocab.tgt))
+    }
+
+    fn check_ids(&self, what: &str, ids: &Tensor) -> Result<()> {
+        if ids.dtype() != candle_core::DType::U32 {
+            candle_core::bail!("{what} must be u32 token ids, got {:?}", ids.dtype())
+        }
+        Ok(())
+    }
+}
+
+impl Seq2Seq for Transformer {
+    type Cache = TransformerCache;
+
+    fn encode(&self, src: &Tensor, src_mask: &Tensor, train: bool) -> Result<Memory> {
+        self.check_ids("src", src)?;
+        if src.dims() != src_mask.dims() {
+            candle_core::bail!("src {:?} and src_mask {:?} differ in shape", src.dims(), src_mask.dims())
+        }
+        let src_bias = key_padding_bias(src_mask)?; // (b, 1, 1, s)
+        let states = self.encoder.forward_t(&self.src_embed, &self.positions, src, &src_bias, train)?;
+        Ok(Memory { states, src_mask: src_mask.clone(), src_bias })
+    }
+
+    fn forward_t(&self, memory: &Memory, tgt_in: &Tensor, train: bool) -> Result<Tensor> {
+        self.check_ids("tgt_in", tgt_in)?;
+        let out = self.decoder.forward_t(
+            &self.tgt_embed,
+            &self.positions,
+            tgt_in,
+            &memory.states,
+            &memory.src_bias,
+            false,
+            train,
+        )?;
+        self.project(&out.hidden)
+    }
+
+    fn cross_attention(&self, memory: &Memory, tgt_in: &Tensor) -> Result<Vec<Tensor>> {
+        let out = self.decoder.forward_t(
+            &self.tgt_embed,
+            &self.positions,
+            tgt_in,
+            &memory.states,
+            &memory.src_bias,
+            true,
+            false,
+        )?;
+        Ok(out.cross_attention)
+    }
+
+    fn start_decoding(&self, memory: &Memory) -> Result<Self::Cache> {
+        let layers = self
+            .decoder
+            .layers()
+            .iter()
+            .map(|l| Ok(LayerCache { self_kv: None, memory_kv: l.memory_kv(&memory.states)? }))
+            .collect::<Result<_>>()?;
+        Ok(TransformerCache { layers, offset: 0 })
+    }
+
+    fn decode_step(&self, memory: &Memory, tokens: &Tensor, cache: &mut Self::Cache) -> Result<Tensor> {
+        let (b, one) = tokens.dims2()?;
+        if one != 1 {
+            candle_core::bail!("decode_step takes one token per sentence, got {:?}", tokens.dims())
+        }
+        let hidden = self.decoder.forward_step(
+            &self.tgt_embed,
+            &self.positions,
+            tokens,
+            cache.offset,
+            &mut cache.layers,
+            &memory.src_bias,
+        )?; // (b, 1, d)
+        cache.offset += 1;
+        self.project(&hidden)?.reshape((b, self.vocab.tgt))
+    }
+
+    fn select_cache(&self, cache: &Self::Cache, indices: &Tensor) -> Result<Self::Cache> {
+        Ok(TransformerCache {
+            layers: cache.layers.iter().map(|l| l.index_select(indices)).collect::<Result<_>>()?,
+            offset: cache.offset,
+        })
+    }
+}

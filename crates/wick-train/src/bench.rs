@@ -1,0 +1,140 @@
+//! `wick bench train`: times full training steps on synthetic batches of a fixed shape.
+
+use std::time::Instant;
+
+use anyhow::Result;
+use candle_core::{DType, Device, Tensor};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::Serialize;
+use wick_model::{DropoutRng, NormPosition, ParamStore, Seq2Seq, Transformer, TransformerConfig, Tying, VocabSizes};
+
+use crate::loss::label_smoothed_cross_entropy;
+use crate::optim::AdamW;
+use crate::run::memory_mb;
+
+/// Benchmark model sizes (post-norm, sinusoidal positions, all embeddings tied, dropout 0.1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Preset {
+    /// d_model 128, 4 heads, 2+2 layers, d_ff 512, vocabulary 8000.
+    Tiny,
+    /// d_model 256, 8 heads, 3+3 layers, d_ff 1024, vocabulary 8000.
+    Small,
+    /// d_model 512, 8 heads, 6+6 layers, d_ff 2048, vocabulary 16000.
+    Base,
+}
+
+impl Preset {
+    pub fn config(self) -> (TransformerConfig, usize) {
+        let (d, h, l, ff, v) = match self {
+            Preset::Tiny => (128, 4, 2, 512, 8000),
+            Preset::Small => (256, 8, 3, 1024, 8000),
+            Preset::Base => (512, 8, 6, 2048, 16000),
+        };
+        let cfg = TransformerConfig {
+            d_model: d,
+            n_heads: h,
+            encoder_layers: l,
+            decoder_layers: l,
+            d_ff: ff,
+            dropout: 0.1,
+            attention_dropout: 0.0,
+            activation_dropout: 0.0,
+            norm: NormPosition::Post,
+            tie_embeddings: Tying::All,
+            max_positions: 256,
+            layer_norm_eps: 1e-5,
+        };
+        (cfg, v)
+    }
+}
+
+pub struct BenchRequest {
+    pub model: TransformerConfig,
+    pub vocab: usize,
+    pub batch_size: usize,
+    pub src_len: usize,
+    pub tgt_len: usize,
+    pub steps: usize,
+    pub warmup: usize,
+    pub device: Device,
+}
+
+#[derive(Debug, Serialize)]
+pub struct BenchReport {
+    pub params: usize,
+    pub batch_size: usize,
+    pub src_len: usize,
+    pub tgt_len: usize,
+    pub steps: usize,
+    pub ms_per_step: f64,
+    pub ms_per_step_min: f64,
+    pub ms_per_step_max: f64,
+    pub tgt_tokens_per_s: f64,
+    /// Matmul FLOPs of forward + backward, per second.
+    pub gflops: f64,
+    pub peak_rss_mb: Option<f64>,
+    /// Peak RSS minus the RSS before the model was built.
+    pub working_memory_mb: Option<f64>,
+}
+
+/// Matmul FLOPs of one forward pass (backward is counted as twice this).
+pub fn forward_flops(cfg: &TransformerConfig, vocab: usize, b: usize, s: usize, t: usize) -> f64 {
+    let (d, ff) = (cfg.d_model as f64, cfg.d_ff as f64);
+    let (b, s, t, v) = (b as f64, s as f64, t as f64, vocab as f64);
+    let enc = 2.0 * b * s * (4.0 * d * d + 2.0 * d * ff) + 4.0 * b * s * s * d;
+    let dec = 2.0 * b * t * (4.0 * d * d + 2.0 * d * d + 2.0 * d * ff) + 2.0 * b * s * 2.0 * d * d + 4.0 * b * t * t * d + 4.0 * b * t * s * d;
+    cfg.encoder_layers as f64 * enc + cfg.decoder_layers as f64 * dec + 2.0 * b * t * d * v
+}
+
+pub fn bench_train(req: BenchRequest) -> Result<BenchReport> {
+    let rss_before = memory_mb().1;
+    let vocab = VocabSizes { src: req.vocab, tgt: req.vocab };
+    let store = ParamStore::new(1);
+    let model = Transformer::new(&req.model, vocab, DropoutRng::new(2), store.var_builder(DType::F32, &req.device))?;
+    let mut opt = AdamW::new(store.vars(), 0.9, 0.98, 1e-9, 0.0)?;
+    let mut rng = ChaCha8Rng::seed_from_u64(3);
+    let (b, s, t) = (req.batch_size, req.src_len, req.tgt_len);
+    let mut ids = |n: usize| -> Vec<u32> { (0..n).map(|_| rng.random_range(4..req.vocab as u32)).collect() };
+    let src = Tensor::from_vec(ids(b * s), (b, s), &req.device)?;
+    let tgt_in = Tensor::from_vec(ids(b * t), (b, t), &req.device)?;
+    let tgt_out = Tensor::from_vec(ids(b * t), (b, t), &req.device)?;
+    let src_mask = Tensor::ones((b, s), DType::F32, &req.device)?;
+    let tgt_mask = Tensor::ones((b, t), DType::F32, &req.device)?;
+    let mut times = Vec::new();
+    for i in 0..req.warmup + req.steps {
+        let start = Instant::now();
+        let memory = model.encode(&src, &src_mask, true)?;
+        let logits = model.forward_t(&memory, &tgt_in, true)?;
+        let sums = label_smoothed_cross_entropy(&logits, &tgt_out, &tgt_mask, 0.1)?;
+        let loss = (sums.smoothed / (b * t) as f64)?;
+        let grads = loss.backward()?;
+        let norm = opt.grad_norm(&grads)?;
+        let scale = if norm > 1.0 { 1.0 / norm } else { 1.0 };
+        opt.step(&grads, 1e-4, scale)?;
+        // The update is applied lazily nowhere in Candle, but read one value so that every
+        // device has finished the step before the clock stops.
+        loss.to_scalar::<f32>()?;
+        if i >= req.warmup {
+            times.push(start.elapsed().as_secs_f64());
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    let median = times[times.len() / 2];
+    let flops = 3.0 * forward_flops(&req.model, req.vocab, b, s, t);
+    let (peak, _) = memory_mb();
+    Ok(BenchReport {
+        params: store.n_params(),
+        batch_size: b,
+        src_len: s,
+        tgt_len: t,
+        steps: req.steps,
+        ms_per_step: median * 1e3,
+        ms_per_step_min: times[0] * 1e3,
+        ms_per_step_max: times[times.len() - 1] * 1e3,
+        tgt_tokens_per_s: (b * t) as f64 / median,
+        gflops: flops / median / 1e9,
+        peak_rss_mb: peak,
+        working_memory_mb: peak.zip(rss_before).map(|(p, r)| p - r),
+    })
+}

@@ -1,0 +1,359 @@
+//! The `wick` command line. Flags are turned into typed requests here; no other module sees
+//! clap types except the small value enums it derives.
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
+
+use crate::bench::{BenchRequest, Preset, bench_train};
+use crate::config::{Config, EMBEDDED_DEFAULT};
+use crate::device::parse_device;
+use crate::evaluate::{EvalRequest, evaluate};
+use crate::metrics::{BleuOptions, BleuTokenizer, ChrfOptions, corpus_bleu, corpus_chrf};
+use crate::prepare::{Split, load_split};
+use crate::run::{Run, Which, fresh_run_dir};
+use crate::trainer::{TrainRequest, train};
+use crate::translate::translate;
+
+/// wick: train, evaluate and use small attention-based translation models.
+#[derive(Debug, Parser)]
+#[command(name = "wick", version, about, long_about = None, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Train a model; writes a run directory with config, tokenizer, checkpoints and metrics.
+    Train(TrainArgs),
+    /// Translate a test split (or files) with a trained run and report BLEU and chrF.
+    Evaluate(EvaluateArgs),
+    /// Translate sentences given as arguments, or stdin line by line.
+    Translate(TranslateArgs),
+    /// Score hypothesis files against references, like the sacrebleu command.
+    Score(ScoreArgs),
+    /// Measure speed.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    /// TOML config; without it, the embedded default (`configs/toy.toml`).
+    #[arg(long, short)]
+    pub config: Option<PathBuf>,
+    /// Override a config key, e.g. `--set train.max_steps=200` (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub overrides: Vec<String>,
+    /// Run directory [default: runs/<config name>, or runs/<name>-2, … if taken].
+    #[arg(long)]
+    pub run_dir: Option<PathBuf>,
+    /// cpu, cuda, cuda:N or metal.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Shorthand for `--set train.seed=N`.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Test sentences to show translated at the end.
+    #[arg(long, default_value_t = 5)]
+    pub samples: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// A run directory written by `wick train`.
+    #[arg(long)]
+    pub run: PathBuf,
+    /// Which checkpoint of the run.
+    #[arg(long, value_enum, default_value = "best")]
+    pub checkpoint: Which,
+    /// cpu, cuda, cuda:N or metal.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+}
+
+#[derive(Debug, Args)]
+pub struct EvaluateArgs {
+    #[command(flatten)]
+    pub run: RunArgs,
+    /// Split of the run's config to translate.
+    #[arg(long, value_enum, default_value = "test")]
+    pub split: Split,
+    /// Source file to translate instead of a split (with --ref).
+    #[arg(long, requires = "reference")]
+    pub src: Option<PathBuf>,
+    /// Reference file for --src.
+    #[arg(long = "ref", requires = "src")]
+    pub reference: Option<PathBuf>,
+    /// Where to write the translations [default: <run>/hyp.<split>.<checkpoint>.txt].
+    #[arg(long)]
+    pub output: Option<PathBuf>,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct TranslateArgs {
+    #[command(flatten)]
+    pub run: RunArgs,
+    /// Sentences to translate; without any, stdin is read line by line.
+    pub text: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ScoreArgs {
+    /// Reference file (repeat for multiple references).
+    #[arg(long = "ref", required = true)]
+    pub refs: Vec<PathBuf>,
+    /// Hypothesis file, one segment per line.
+    #[arg(long)]
+    pub hyp: PathBuf,
+    /// Comma-separated: bleu, chrf, chrf++.
+    #[arg(long, default_value = "bleu,chrf", value_delimiter = ',')]
+    pub metrics: Vec<String>,
+    /// BLEU tokenizer.
+    #[arg(long, value_enum, default_value = "13a")]
+    pub tokenize: BleuTokenizer,
+    /// Lowercase hypotheses and references first.
+    #[arg(long)]
+    pub lowercase: bool,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Time full training steps (forward, loss, backward, clip, AdamW) on random batches.
+    Train(BenchTrainArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BenchTrainArgs {
+    /// Model size; ignored with --config.
+    #[arg(long, value_enum, default_value = "tiny")]
+    pub preset: Preset,
+    /// Take the [model] section of this config instead of a preset (with --vocab).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Vocabulary size with --config.
+    #[arg(long, default_value_t = 4000)]
+    pub vocab: usize,
+    #[arg(long, default_value_t = 64)]
+    pub batch_size: usize,
+    #[arg(long, default_value_t = 24)]
+    pub src_len: usize,
+    #[arg(long, default_value_t = 24)]
+    pub tgt_len: usize,
+    /// Timed steps (after 3 untimed warm-up steps).
+    #[arg(long, default_value_t = 10)]
+    pub steps: usize,
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Train(a) => cmd_train(a),
+        Command::Evaluate(a) => cmd_evaluate(a),
+        Command::Translate(a) => cmd_translate(a),
+        Command::Score(a) => cmd_score(a),
+        Command::Bench(BenchCommand::Train(a)) => cmd_bench_train(a),
+    }
+}
+
+fn cmd_train(a: TrainArgs) -> Result<()> {
+    let mut overrides = a.overrides.clone();
+    if let Some(seed) = a.seed {
+        overrides.push(format!("train.seed={seed}"));
+    }
+    let (config, source, name) = match &a.config {
+        Some(path) => {
+            let name = path.file_stem().and_then(|s| s.to_str()).unwrap_or("run").to_string();
+            (Config::load(path, &overrides)?, path.display().to_string(), name)
+        }
+        None => (
+            Config::from_toml(EMBEDDED_DEFAULT, Path::new("<embedded configs/toy.toml>"), &overrides)?,
+            "embedded default (configs/toy.toml)".to_string(),
+            "toy".to_string(),
+        ),
+    };
+    let device = parse_device(&a.device)?;
+    let run_dir = a.run_dir.clone().unwrap_or_else(|| fresh_run_dir(Path::new("runs"), &name));
+    eprintln!("run directory: {}", run_dir.display());
+    let summary = train(TrainRequest { config: config.clone(), config_source: source, run_dir: run_dir.clone(), device: device.clone() })?;
+    eprintln!(
+        "trained {} steps ({} epochs) in {:.0}s, {:.0} target tokens/s, peak memory {:.0} MB; {}",
+        summary.steps,
+        summary.epochs,
+        summary.seconds,
+        summary.tgt_tokens_per_s,
+        summary.peak_rss_mb.unwrap_or(0.0),
+        summary.stop_reason
+    );
+    if let Some(b) = summary.best_dev_bleu {
+        eprintln!("best dev BLEU {b:.2} at step {}", summary.best_step.unwrap_or(0));
+    }
+    // Final report on the test split with the best checkpoint, as `wick evaluate` would.
+    let run = Run::open(&run_dir)?;
+    let has_test = config.data.test.is_some() || config.data.synthetic.is_some();
+    if has_test {
+        let report = evaluate(EvalRequest { run: &run, which: Which::Best, split: Split::Test, src_ref: None, output: None, device: &device })?;
+        println!("test ({} sentences, best checkpoint): {}", report.n_sentences, report.bleu_detail);
+        println!("  chrF2 = {:.2}   exact match {:.1}%", report.chrf, 100.0 * report.exact_match);
+        println!("  {}", report.signature);
+        println!("  translations: {}", report.hyp_file.display());
+        if a.samples > 0 {
+            let pairs = load_split(&config, Split::Test)?;
+            let hyps = std::fs::read_to_string(&report.hyp_file)?;
+            println!("sample translations:");
+            for (p, h) in pairs.iter().zip(hyps.lines()).take(a.samples) {
+                println!("  src: {}\n  ref: {}\n  hyp: {h}\n", p.src, p.tgt);
+            }
+        }
+    }
+    println!("run directory: {}", run_dir.display());
+    println!("try: wick translate --run {} \"…\"", run_dir.display());
+    Ok(())
+}
+
+fn cmd_evaluate(a: EvaluateArgs) -> Result<()> {
+    let device = parse_device(&a.run.device)?;
+    let run = Run::open(&a.run.run)?;
+    let src_ref = a.src.zip(a.reference);
+    let report = evaluate(EvalRequest { run: &run, which: a.run.checkpoint, split: a.split, src_ref, output: a.output, device: &device })?;
+    if a.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!("{}", report.bleu_detail);
+        println!("chrF2 = {:.2}", report.chrf);
+        println!("exact match = {:.2}% of {} sentences", 100.0 * report.exact_match, report.n_sentences);
+        println!("{}", report.bleu_signature);
+        println!("{}", report.chrf_signature);
+        println!("translations: {} ({:.1} sentences/s)", report.hyp_file.display(), report.sentences_per_s);
+    }
+    Ok(())
+}
+
+fn cmd_translate(a: TranslateArgs) -> Result<()> {
+    let device = parse_device(&a.run.device)?;
+    let run = Run::open(&a.run.run)?;
+    let model = run.load_model(a.run.checkpoint, &device)?;
+    let out = std::io::stdout();
+    let mut out = out.lock();
+    let mut emit = |lines: &[String]| -> Result<()> {
+        for t in translate(&model, &run.tokenizers, &run.config.decode, lines)? {
+            writeln!(out, "{t}")?;
+        }
+        out.flush()?;
+        Ok(())
+    };
+    if !a.text.is_empty() {
+        return emit(&a.text);
+    }
+    let stdin = std::io::stdin();
+    // Interactive input is translated line by line; piped input in batches.
+    let chunk = if stdin.is_terminal() { 1 } else { 2000 };
+    let mut pending = Vec::new();
+    for (i, line) in stdin.lock().lines().enumerate() {
+        pending.push(line.with_context(|| format!("stdin line {}: not valid UTF-8 text", i + 1))?);
+        if pending.len() >= chunk {
+            emit(&pending)?;
+            pending.clear();
+        }
+    }
+    if !pending.is_empty() {
+        emit(&pending)?;
+    }
+    Ok(())
+}
+
+fn cmd_score(a: ScoreArgs) -> Result<()> {
+    let hyps = wick_data::corpus::read_lines(&a.hyp)?;
+    let mut refs = Vec::new();
+    for r in &a.refs {
+        let lines = wick_data::corpus::read_lines(r)?;
+        if lines.len() != hyps.len() {
+            bail!("{} has {} lines but the hypothesis file {} has {}", r.display(), lines.len(), a.hyp.display(), hyps.len())
+        }
+        refs.push(lines);
+    }
+    let mut json = serde_json::Map::new();
+    for m in &a.metrics {
+        match m.trim().to_ascii_lowercase().as_str() {
+            "bleu" => {
+                let s = corpus_bleu(&hyps, &refs, BleuOptions { tokenize: a.tokenize, lowercase: a.lowercase });
+                if !a.json {
+                    println!("{} = {}", s.signature, s.format().trim_start_matches("BLEU = "));
+                }
+                json.insert("bleu".into(), s.score.into());
+                json.insert("bleu_signature".into(), s.signature.clone().into());
+                json.insert("precisions".into(), serde_json::to_value(s.precisions)?);
+                json.insert("brevity_penalty".into(), s.brevity_penalty.into());
+                json.insert("hyp_len".into(), s.hyp_len.into());
+                json.insert("ref_len".into(), s.ref_len.into());
+                json.insert("signature".into(), s.signature.into());
+            }
+            name @ ("chrf" | "chrf++") => {
+                let word_order = if name == "chrf++" { 2 } else { 0 };
+                let s = corpus_chrf(&hyps, &refs, ChrfOptions { word_order, lowercase: a.lowercase, ..Default::default() });
+                if !a.json {
+                    println!("{} = {:.2}", s.signature, s.score);
+                }
+                let key = if word_order > 0 { "chrf++" } else { "chrf" };
+                json.insert(key.into(), s.score.into());
+                json.insert(format!("{key}_signature"), s.signature.into());
+            }
+            other => bail!("--metrics: unknown metric `{other}` (expected bleu, chrf or chrf++)"),
+        }
+    }
+    if a.json {
+        println!("{}", serde_json::Value::Object(json));
+    }
+    Ok(())
+}
+
+fn cmd_bench_train(a: BenchTrainArgs) -> Result<()> {
+    let (model, vocab) = match &a.config {
+        Some(path) => (Config::load(path, &[])?.model, a.vocab),
+        None => a.preset.config(),
+    };
+    if a.steps == 0 || a.batch_size == 0 || a.src_len == 0 || a.tgt_len == 0 {
+        bail!("--steps, --batch-size, --src-len and --tgt-len must be positive")
+    }
+    let device = parse_device(&a.device)?;
+    let r = bench_train(BenchRequest {
+        model,
+        vocab,
+        batch_size: a.batch_size,
+        src_len: a.src_len,
+        tgt_len: a.tgt_len,
+        steps: a.steps,
+        warmup: 3,
+        device,
+    })?;
+    if a.json {
+        println!("{}", serde_json::to_string(&r)?);
+    } else {
+        println!(
+            "params {}  batch {}x({}+{})  {:.1} ms/step (min {:.1}, max {:.1})  {:.0} target tokens/s  {:.1} GFLOP/s matmul  peak RSS {:.0} MB (working {:.0} MB)",
+            r.params,
+            r.batch_size,
+            r.src_len,
+            r.tgt_len,
+            r.ms_per_step,
+            r.ms_per_step_min,
+            r.ms_per_step_max,
+            r.tgt_tokens_per_s,
+            r.gflops,
+            r.peak_rss_mb.unwrap_or(0.0),
+            r.working_memory_mb.unwrap_or(0.0)
+        );
+    }
+    Ok(())
+}

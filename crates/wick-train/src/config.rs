@@ -1,0 +1,332 @@
+//! The typed run configuration: `[data]`, `[model]`, `[train]`, `[decode]`.
+//!
+//! Unknown keys are errors (`deny_unknown_fields`), every key has a default in code, and
+//! [`Config::validate`] names the offending key. `--set a.b=value` overrides are applied to
+//! the TOML tree before it is typed, so they are checked exactly like the file.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use wick_data::CorpusSpec;
+use wick_data::synthetic::SyntheticSpec;
+use wick_model::TransformerConfig;
+
+/// The configuration `wick train` uses when given no `--config`.
+pub const EMBEDDED_DEFAULT: &str = include_str!("../../../configs/toy.toml");
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {}: {source}", path.display())]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config {}: {message}", path.display())]
+    Parse { path: PathBuf, message: String },
+    #[error("--set {text}: {message}")]
+    Override { text: String, message: String },
+    #[error("config key {key}: {message}")]
+    Invalid { key: String, message: String },
+}
+
+fn invalid(key: &str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { key: key.to_string(), message: message.into() }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub data: DataConfig,
+    #[serde(default)]
+    pub model: TransformerConfig,
+    #[serde(default)]
+    pub train: TrainConfig,
+    #[serde(default)]
+    pub decode: DecodeConfig,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DataConfig {
+    /// Training pairs: a TSV path or `{ src = …, tgt = … }`. Paths are relative to the
+    /// working directory.
+    pub train: Option<CorpusSpec>,
+    /// Development pairs (validation, early stopping).
+    pub dev: Option<CorpusSpec>,
+    /// Test pairs (`wick evaluate --split test`).
+    pub test: Option<CorpusSpec>,
+    /// A generated task instead of files (`[data.synthetic]`).
+    pub synthetic: Option<SyntheticSpec>,
+    /// Language labels, used in reports only.
+    pub src_lang: String,
+    pub tgt_lang: String,
+    /// One tokenizer for both sides (`tokenizer.json`) or one per side.
+    pub joint_vocab: bool,
+    /// BPE vocabulary size per tokenizer, special and byte tokens included.
+    pub vocab_size: usize,
+    /// Pairs seen fewer times are not merged by BPE.
+    pub min_frequency: u64,
+    /// Training pairs with more subword tokens than this on either side are dropped.
+    pub max_len: usize,
+}
+
+impl Default for DataConfig {
+    fn default() -> Self {
+        Self {
+            train: None,
+            dev: None,
+            test: None,
+            synthetic: None,
+            src_lang: "src".into(),
+            tgt_lang: "tgt".into(),
+            joint_vocab: true,
+            vocab_size: 4000,
+            min_frequency: 2,
+            max_len: 100,
+        }
+    }
+}
+
+/// How the learning rate moves with the update step.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ScheduleKind {
+    /// Linear warm-up to `lr`, then `lr·√(warmup/step)` (Vaswani et al., 2017).
+    InverseSqrt,
+    /// Linear warm-up to `lr`, then constant.
+    Constant,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainConfig {
+    /// Seed of initialisation, dropout and data order.
+    pub seed: u64,
+    /// Stop after this many updates (0: no limit).
+    pub max_steps: usize,
+    /// Stop after this many passes over the training data (0: no limit).
+    pub max_epochs: usize,
+    /// Stop after this much wall-clock time, in minutes (0: no limit).
+    pub max_minutes: f64,
+    /// Token budget of one batch: rows × longest side (source or target), padding included.
+    pub batch_tokens: usize,
+    /// At most this many sentence pairs per batch.
+    pub max_sentences: usize,
+    /// Batches whose gradients are summed into one update.
+    pub accumulate: usize,
+    /// Peak learning rate.
+    pub lr: f64,
+    pub schedule: ScheduleKind,
+    pub warmup_steps: usize,
+    pub adam_beta1: f64,
+    pub adam_beta2: f64,
+    pub adam_eps: f64,
+    /// Decoupled weight decay (AdamW), applied to weight matrices only (≥ 2-D).
+    pub weight_decay: f64,
+    /// ε of label-smoothed cross-entropy.
+    pub label_smoothing: f64,
+    /// Clip gradients to this global L2 norm (0: off).
+    pub clip_norm: f64,
+    /// Print a progress line every this many updates.
+    pub log_every: usize,
+    /// Validate on the dev split every this many updates (0: once per epoch).
+    pub validate_every: usize,
+    /// Write `last.safetensors` every this many updates (0: at validation only).
+    pub checkpoint_every: usize,
+    /// Stop when dev BLEU has not improved for this many validations (0: never).
+    pub patience: usize,
+    /// Translate at most this many dev sentences for validation BLEU (0: all).
+    pub valid_max_sentences: usize,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            seed: 1,
+            max_steps: 0,
+            max_epochs: 20,
+            max_minutes: 0.0,
+            batch_tokens: 4096,
+            max_sentences: 1024,
+            accumulate: 1,
+            lr: 1e-3,
+            schedule: ScheduleKind::InverseSqrt,
+            warmup_steps: 1000,
+            adam_beta1: 0.9,
+            adam_beta2: 0.98,
+            adam_eps: 1e-9,
+            weight_decay: 0.0,
+            label_smoothing: 0.1,
+            clip_norm: 1.0,
+            log_every: 50,
+            validate_every: 0,
+            checkpoint_every: 0,
+            patience: 0,
+            valid_max_sentences: 0,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DecodeConfig {
+    /// Output length limit: `max_len_a · source_tokens + max_len_b` subword tokens.
+    pub max_len_a: f64,
+    pub max_len_b: usize,
+    /// Token budget of one decoding batch (source tokens × rows).
+    pub batch_tokens: usize,
+}
+
+impl Default for DecodeConfig {
+    fn default() -> Self {
+        Self { max_len_a: 1.5, max_len_b: 10, batch_tokens: 6000 }
+    }
+}
+
+/// Sets `path` (dotted) in a TOML table, creating tables on the way.
+fn set_path(table: &mut toml::Table, text: &str) -> Result<(), ConfigError> {
+    let err = |message: &str| ConfigError::Override { text: text.to_string(), message: message.to_string() };
+    let (key, raw) = text.split_once('=').ok_or_else(|| err("expected KEY=VALUE"))?;
+    let key = key.trim();
+    let raw = raw.trim();
+    if key.is_empty() {
+        return Err(err("empty key"));
+    }
+    // A TOML value if it parses as one (numbers, booleans, strings in quotes, arrays,
+    // inline tables), otherwise the bare text as a string.
+    let value = toml::from_str::<toml::Table>(&format!("v = {raw}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_string()));
+    let parts: Vec<&str> = key.split('.').collect();
+    let mut cur = table;
+    for part in &parts[..parts.len() - 1] {
+        let entry = cur.entry(part.to_string()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        cur = entry.as_table_mut().ok_or_else(|| err(&format!("`{part}` is not a table")))?;
+    }
+    cur.insert(parts[parts.len() - 1].to_string(), value);
+    Ok(())
+}
+
+impl Config {
+    /// Parses TOML text (`origin` names it in errors) and applies `--set` overrides.
+    pub fn from_toml(text: &str, origin: &Path, overrides: &[String]) -> Result<Self, ConfigError> {
+        let parse_err = |e: toml::de::Error| ConfigError::Parse { path: origin.to_path_buf(), message: e.to_string() };
+        // Typed once from the text alone so errors in the file point at its lines.
+        let cfg: Config = toml::from_str(text).map_err(parse_err)?;
+        if overrides.is_empty() {
+            cfg.validate()?;
+            return Ok(cfg);
+        }
+        let mut table: toml::Table = toml::from_str(text).map_err(parse_err)?;
+        for o in overrides {
+            set_path(&mut table, o)?;
+        }
+        let cfg: Config = toml::Value::Table(table).try_into().map_err(|e: toml::de::Error| ConfigError::Override {
+            text: overrides.join(" "),
+            message: e.message().to_string(),
+        })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn load(path: &Path, overrides: &[String]) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        Self::from_toml(&text, path, overrides)
+    }
+
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot serialise config: {e}\n"))
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let d = &self.data;
+        match (&d.synthetic, &d.train) {
+            (None, None) => return Err(invalid("data.train", "no training data: set data.train or [data.synthetic]")),
+            (Some(_), Some(_)) => return Err(invalid("data.synthetic", "give either data.train files or [data.synthetic], not both")),
+            (Some(s), None) => s.validate().map_err(|e| invalid("data.synthetic", e.to_string()))?,
+            (None, Some(_)) => {
+                if d.dev.is_none() {
+                    return Err(invalid("data.dev", "a dev split is needed for validation and early stopping"));
+                }
+            }
+        }
+        if d.vocab_size < 300 {
+            return Err(invalid("data.vocab_size", format!("must be at least 300 (256 byte tokens + 4 specials + merges), got {}", d.vocab_size)));
+        }
+        if d.max_len == 0 {
+            return Err(invalid("data.max_len", "must be positive"));
+        }
+        let m = &self.model;
+        if m.d_model == 0 || m.n_heads == 0 {
+            return Err(invalid("model.d_model", "d_model and n_heads must be positive"));
+        }
+        if m.d_model % m.n_heads != 0 {
+            return Err(invalid(
+                "model.d_model",
+                format!("{} must be divisible by model.n_heads = {}", m.d_model, m.n_heads),
+            ));
+        }
+        if m.d_model % 2 != 0 {
+            return Err(invalid("model.d_model", format!("must be even (sinusoidal positions), got {}", m.d_model)));
+        }
+        if m.d_ff == 0 || m.encoder_layers == 0 || m.decoder_layers == 0 {
+            return Err(invalid("model.d_ff", "d_ff, encoder_layers and decoder_layers must be positive"));
+        }
+        for (key, p) in [
+            ("model.dropout", m.dropout),
+            ("model.attention_dropout", m.attention_dropout),
+            ("model.activation_dropout", m.activation_dropout),
+        ] {
+            if !(0.0..1.0).contains(&p) {
+                return Err(invalid(key, format!("must be in [0, 1), got {p}")));
+            }
+        }
+        if m.tie_embeddings == wick_model::Tying::All && !d.joint_vocab {
+            return Err(invalid("model.tie_embeddings", "\"all\" needs data.joint_vocab = true"));
+        }
+        if m.max_positions < d.max_len + 2 {
+            return Err(invalid(
+                "model.max_positions",
+                format!("{} is too small for data.max_len = {} (needs max_len + 2)", m.max_positions, d.max_len),
+            ));
+        }
+        let t = &self.train;
+        if t.max_steps == 0 && t.max_epochs == 0 && t.max_minutes <= 0.0 {
+            return Err(invalid("train.max_steps", "no stopping rule: set train.max_steps, train.max_epochs or train.max_minutes"));
+        }
+        if t.batch_tokens < d.max_len + 1 {
+            return Err(invalid(
+                "train.batch_tokens",
+                format!("{} cannot hold one pair of data.max_len = {} tokens", t.batch_tokens, d.max_len),
+            ));
+        }
+        if t.max_sentences == 0 {
+            return Err(invalid("train.max_sentences", "must be positive"));
+        }
+        if t.accumulate == 0 {
+            return Err(invalid("train.accumulate", "must be at least 1"));
+        }
+        if !(t.lr > 0.0 && t.lr.is_finite()) {
+            return Err(invalid("train.lr", format!("must be a positive number, got {}", t.lr)));
+        }
+        if !(0.0..1.0).contains(&t.adam_beta1) || !(0.0..1.0).contains(&t.adam_beta2) {
+            return Err(invalid("train.adam_beta1", "Adam betas must be in [0, 1)"));
+        }
+        if !(0.0..1.0).contains(&t.label_smoothing) {
+            return Err(invalid("train.label_smoothing", format!("must be in [0, 1), got {}", t.label_smoothing)));
+        }
+        if t.clip_norm < 0.0 || t.weight_decay < 0.0 || t.adam_eps <= 0.0 {
+            return Err(invalid("train.clip_norm", "clip_norm and weight_decay must be >= 0, adam_eps > 0"));
+        }
+        if t.log_every == 0 {
+            return Err(invalid("train.log_every", "must be positive"));
+        }
+        let dc = &self.decode;
+        if !(dc.max_len_a >= 0.0 && dc.max_len_a.is_finite()) {
+            return Err(invalid("decode.max_len_a", "must be a non-negative number"));
+        }
+        if dc.batch_tokens == 0 {
+            return Err(invalid("decode.batch_tokens", "must be positive"));
+        }
+        Ok(())
+    }
+}

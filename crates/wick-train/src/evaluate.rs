@@ -1,0 +1,96 @@
+//! `wick evaluate`: translate a split of a run and score it.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Result, bail};
+use candle_core::Device;
+use serde::Serialize;
+use wick_data::corpus::read_lines;
+use wick_data::Pair;
+
+use crate::metrics::{BleuOptions, ChrfOptions, corpus_bleu, corpus_chrf};
+use crate::prepare::{Split, load_split};
+use crate::run::{Run, Which};
+use crate::translate::translate;
+
+#[derive(Debug, Serialize)]
+pub struct EvalReport {
+    pub bleu: f64,
+    pub bleu_signature: String,
+    pub bleu_detail: String,
+    pub chrf: f64,
+    pub chrf_signature: String,
+    /// Both signatures, `BLEU|… / chrF2|…`.
+    pub signature: String,
+    /// Fraction of hypotheses identical to their reference.
+    pub exact_match: f64,
+    pub n_sentences: usize,
+    pub hyp_file: PathBuf,
+    pub checkpoint: PathBuf,
+    pub seconds: f64,
+    pub sentences_per_s: f64,
+}
+
+pub struct EvalRequest<'a> {
+    pub run: &'a Run,
+    pub which: Which,
+    pub split: Split,
+    /// Score these files instead of a configured split.
+    pub src_ref: Option<(PathBuf, PathBuf)>,
+    pub output: Option<PathBuf>,
+    pub device: &'a Device,
+}
+
+fn pairs_from_files(src: &Path, reference: &Path) -> Result<Vec<Pair>> {
+    let s = read_lines(src)?;
+    let r = read_lines(reference)?;
+    if s.len() != r.len() {
+        bail!("{} has {} lines but {} has {}", src.display(), s.len(), reference.display(), r.len())
+    }
+    Ok(s.into_iter().zip(r).map(|(src, tgt)| Pair { src, tgt }).collect())
+}
+
+pub fn evaluate(req: EvalRequest) -> Result<EvalReport> {
+    let run = req.run;
+    let pairs = match &req.src_ref {
+        Some((s, r)) => pairs_from_files(s, r)?,
+        None => load_split(&run.config, req.split)?,
+    };
+    if pairs.is_empty() {
+        bail!("nothing to evaluate: the split is empty")
+    }
+    let model = run.load_model(req.which, req.device)?;
+    let start = Instant::now();
+    let sources: Vec<String> = pairs.iter().map(|p| p.src.clone()).collect();
+    let hyps = translate(&model, &run.tokenizers, &run.config.decode, &sources)?;
+    let seconds = start.elapsed().as_secs_f64();
+    let refs = vec![pairs.iter().map(|p| p.tgt.clone()).collect::<Vec<_>>()];
+    let bleu = corpus_bleu(&hyps, &refs, BleuOptions::default());
+    let chrf = corpus_chrf(&hyps, &refs, ChrfOptions::default());
+    let exact = hyps.iter().zip(&refs[0]).filter(|(h, r)| h == r).count() as f64 / hyps.len() as f64;
+    let hyp_file = req.output.clone().unwrap_or_else(|| {
+        let name = if req.src_ref.is_some() { "files" } else { req.split.name() };
+        run.dir.join(format!("hyp.{name}.{}.txt", match req.which {
+            Which::Best => "best",
+            Which::Last => "last",
+        }))
+    });
+    let mut text = hyps.join("\n");
+    text.push('\n');
+    crate::checkpoint::write_atomic(&hyp_file, text.as_bytes())?;
+    Ok(EvalReport {
+        bleu: bleu.score,
+        signature: format!("{} / {}", bleu.signature, chrf.signature),
+        bleu_detail: bleu.format(),
+        bleu_signature: bleu.signature,
+        chrf: chrf.score,
+        chrf_signature: chrf.signature,
+        exact_match: exact,
+        n_sentences: hyps.len(),
+        hyp_file,
+        checkpoint: run.checkpoint_path(req.which),
+        seconds,
+        sentences_per_s: hyps.len() as f64 / seconds.max(1e-9),
+    })
+}

@@ -1,0 +1,32 @@
+//! `wick-train`: configuration, training, evaluation and the `wick` command-line tool.
+
+pub mod bench;
+pub mod checkpoint;
+pub mod cli;
+pub mod config;
+pub mod device;
+pub mod evaluate;
+pub mod loss;
+pub mod metrics;
+pub mod optim;
+pub mod prepare;
+pub mod run;
+pub mod schedule;
+pub mod trainer;
+pub mod translate;
+
+/// Keeps freed memory in the process instead of returning it to the kernel after every op.
+///
+/// Candle allocates a fresh buffer for every intermediate and gradient; with glibc's defaults
+/// large buffers are `mmap`ed and unmapped each time, and the kernel zeroes every new page.
+/// Raising the thresholds made a plain Candle training step 1.7× faster on this project's
+/// benchmark machine (`../shared/notes/performance.md`). Safe to call once at start-up.
+pub fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator parameters; it is called before any threads run.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 64 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 512 << 20);
+        libc::mallopt(libc::M_TOP_PAD, 64 << 20);
+    }
+}

@@ -1,0 +1,392 @@
+//! Corpus BLEU (Papineni et al., 2002) and chrF (Popović, 2015) computed exactly as
+//! sacreBLEU 2.x computes them (Post, 2018), with its signatures, so wick's numbers can be
+//! compared with papers and with `sacrebleu` output. Re-implemented rather than wrapped
+//! because no Rust crate reproduces sacreBLEU; `tests/sacrebleu.rs` checks it against
+//! fixtures produced by sacreBLEU itself (`scripts/reference/sacrebleu_fixtures.py`).
+
+use std::collections::HashMap;
+use std::sync::LazyLock;
+
+use regex::Regex;
+use serde::Serialize;
+
+/// The sacreBLEU version whose behaviour (and signature) these metrics reproduce.
+pub const SACREBLEU_VERSION: &str = "2.6.0";
+
+/// BLEU tokenizers of sacreBLEU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum BleuTokenizer {
+    /// mteval-v13a, sacreBLEU's default.
+    #[value(name = "13a")]
+    #[serde(rename = "13a")]
+    Thirteen,
+    /// mteval-v14 international: splits on Unicode punctuation and symbols.
+    Intl,
+    /// Every character is a token.
+    Char,
+    /// Text is already tokenized.
+    None,
+}
+
+impl BleuTokenizer {
+    pub fn name(self) -> &'static str {
+        match self {
+            BleuTokenizer::Thirteen => "13a",
+            BleuTokenizer::Intl => "intl",
+            BleuTokenizer::Char => "char",
+            BleuTokenizer::None => "none",
+        }
+    }
+}
+
+/// Python's `' '.join(s.split())`: Python also splits on U+001C–U+001F, Rust does not.
+fn normalize_spaces(s: &str) -> String {
+    s.split(|c: char| c.is_whitespace() || ('\u{1c}'..='\u{1f}').contains(&c))
+        .filter(|w| !w.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[allow(clippy::expect_used)] // the patterns are constants; a bad one is a bug found by every test
+fn re(pattern: &str) -> Regex {
+    Regex::new(pattern).expect("valid built-in regex")
+}
+
+static RE_13A: LazyLock<[(Regex, &'static str); 4]> = LazyLock::new(|| {
+    [
+        (re(r"([{-~\[-`\x20-&(-+:-@/])"), " $1 "),
+        (re(r"([^0-9])([.,])"), "$1 $2 "),
+        (re(r"([.,])([^0-9])"), " $1 $2"),
+        (re(r"([0-9])(-)"), "$1 $2 "),
+    ]
+});
+
+static RE_INTL: LazyLock<[(Regex, &'static str); 3]> = LazyLock::new(|| {
+    [(re(r"(\P{N})(\p{P})"), "$1 $2 "), (re(r"(\p{P})(\P{N})"), " $1 $2"), (re(r"(\p{S})"), " $1 ")]
+});
+
+fn apply(rules: &[(Regex, &str)], line: &str) -> String {
+    let mut s = line.to_string();
+    for (regex, replacement) in rules {
+        s = regex.replace_all(&s, *replacement).into_owned();
+    }
+    normalize_spaces(&s)
+}
+
+/// Tokenizes one segment as sacreBLEU's tokenizer of that name does.
+pub fn tokenize(tok: BleuTokenizer, line: &str) -> String {
+    match tok {
+        BleuTokenizer::None => line.to_string(),
+        BleuTokenizer::Char => line.chars().map(String::from).collect::<Vec<_>>().join(" "),
+        BleuTokenizer::Intl => apply(&*RE_INTL, line),
+        BleuTokenizer::Thirteen => {
+            let mut s = line.replace("<skipped>", "").replace("-\n", "").replace('\n', " ");
+            if s.contains('&') {
+                s = s.replace("&quot;", "\"").replace("&amp;", "&").replace("&lt;", "<").replace("&gt;", ">");
+            }
+            apply(&*RE_13A, &format!(" {s} "))
+        }
+    }
+}
+
+/// Python's `str.split()`.
+fn py_split(s: &str) -> impl Iterator<Item = &str> {
+    s.split(|c: char| c.is_whitespace() || ('\u{1c}'..='\u{1f}').contains(&c)).filter(|w| !w.is_empty())
+}
+
+fn word_ngrams<'a>(tokens: &[&'a str], n: usize) -> HashMap<Vec<&'a str>, usize> {
+    let mut out = HashMap::new();
+    if tokens.len() >= n {
+        for w in tokens.windows(n) {
+            *out.entry(w.to_vec()).or_insert(0) += 1;
+        }
+    }
+    out
+}
+
+/// Options of a BLEU computation.
+#[derive(Clone, Copy, Debug)]
+pub struct BleuOptions {
+    pub tokenize: BleuTokenizer,
+    pub lowercase: bool,
+}
+
+impl Default for BleuOptions {
+    fn default() -> Self {
+        Self { tokenize: BleuTokenizer::Thirteen, lowercase: false }
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct BleuScore {
+    pub score: f64,
+    /// Modified n-gram precisions, 1- to 4-grams, in percent (smoothed).
+    pub precisions: [f64; 4],
+    pub brevity_penalty: f64,
+    pub hyp_len: usize,
+    pub ref_len: usize,
+    pub signature: String,
+}
+
+impl BleuScore {
+    /// sacreBLEU's text line: `BLEU = 58.56 94.4/80.0/58.3/33.3 (BP = 0.946 …)`.
+    pub fn format(&self) -> String {
+        let p = self.precisions.iter().map(|p| format!("{p:.1}")).collect::<Vec<_>>().join("/");
+        let ratio = if self.ref_len > 0 { self.hyp_len as f64 / self.ref_len as f64 } else { 0.0 };
+        format!(
+            "BLEU = {:.2} {p} (BP = {:.3} ratio = {ratio:.3} hyp_len = {} ref_len = {})",
+            self.score, self.brevity_penalty, self.hyp_len, self.ref_len
+        )
+    }
+}
+
+/// Sufficient statistics of BLEU for one segment or a corpus.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct BleuStats {
+    pub hyp_len: usize,
+    pub ref_len: usize,
+    pub correct: [usize; 4],
+    pub total: [usize; 4],
+}
+
+impl std::ops::AddAssign for BleuStats {
+    fn add_assign(&mut self, o: Self) {
+        self.hyp_len += o.hyp_len;
+        self.ref_len += o.ref_len;
+        for n in 0..4 {
+            self.correct[n] += o.correct[n];
+            self.total[n] += o.total[n];
+        }
+    }
+}
+
+fn preprocess(opts: BleuOptions, s: &str) -> String {
+    let s = if opts.lowercase { s.to_lowercase() } else { s.to_string() };
+    tokenize(opts.tokenize, s.trim_end())
+}
+
+/// BLEU statistics of one hypothesis against its references.
+pub fn bleu_segment(opts: BleuOptions, hyp: &str, refs: &[&str]) -> BleuStats {
+    let hyp = preprocess(opts, hyp);
+    let hyp_tokens: Vec<&str> = py_split(&hyp).collect();
+    let refs: Vec<String> = refs.iter().map(|r| preprocess(opts, r)).collect();
+    let mut max_ref_counts: [HashMap<Vec<&str>, usize>; 4] = Default::default();
+    let mut ref_lens = Vec::new();
+    for r in &refs {
+        let toks: Vec<&str> = py_split(r).collect();
+        ref_lens.push(toks.len());
+        for (n, counts) in max_ref_counts.iter_mut().enumerate() {
+            for (g, c) in word_ngrams(&toks, n + 1) {
+                let e = counts.entry(g).or_insert(0);
+                *e = (*e).max(c);
+            }
+        }
+    }
+    // Closest reference length; ties go to the shorter reference.
+    let hyp_len = hyp_tokens.len();
+    let mut ref_len = 0;
+    let mut best_diff = usize::MAX;
+    for &l in &ref_lens {
+        let diff = hyp_len.abs_diff(l);
+        if diff < best_diff || (diff == best_diff && l < ref_len) {
+            best_diff = diff;
+            ref_len = l;
+        }
+    }
+    let mut stats = BleuStats { hyp_len, ref_len, ..Default::default() };
+    for n in 0..4 {
+        let hyp_counts = word_ngrams(&hyp_tokens, n + 1);
+        stats.total[n] = hyp_len.saturating_sub(n);
+        stats.correct[n] = hyp_counts.iter().map(|(g, &c)| c.min(*max_ref_counts[n].get(g).unwrap_or(&0))).sum();
+    }
+    stats
+}
+
+/// BLEU from corpus statistics with sacreBLEU's `exp` smoothing and no effective order.
+pub fn bleu_from_stats(stats: &BleuStats, opts: BleuOptions, n_refs: usize) -> BleuScore {
+    let (sys, rl) = (stats.hyp_len as f64, stats.ref_len as f64);
+    let bp = if sys < rl { if sys > 0.0 { (1.0 - rl / sys).exp() } else { 0.0 } } else { 1.0 };
+    let mut precisions = [0.0; 4];
+    let signature = format!(
+        "BLEU|nrefs:{n_refs}|case:{}|eff:no|tok:{}|smooth:exp|version:{SACREBLEU_VERSION}",
+        if opts.lowercase { "lc" } else { "mixed" },
+        opts.tokenize.name()
+    );
+    let mut score = 0.0;
+    if stats.correct.iter().any(|&c| c > 0) {
+        let mut smooth = 1.0;
+        for n in 0..4 {
+            if stats.total[n] == 0 {
+                break;
+            }
+            precisions[n] = if stats.correct[n] == 0 {
+                smooth *= 2.0;
+                100.0 / (smooth * stats.total[n] as f64)
+            } else {
+                100.0 * stats.correct[n] as f64 / stats.total[n] as f64
+            };
+        }
+        let log_sum: f64 = precisions.iter().map(|&p| if p == 0.0 { -9_999_999_999.0 } else { p.ln() }).sum();
+        score = bp * (log_sum / 4.0).exp();
+    }
+    BleuScore { score, precisions, brevity_penalty: bp, hyp_len: stats.hyp_len, ref_len: stats.ref_len, signature }
+}
+
+/// `refs[k][i]` is the k-th reference of hypothesis `i`.
+pub fn corpus_bleu(hyps: &[String], refs: &[Vec<String>], opts: BleuOptions) -> BleuScore {
+    let mut total = BleuStats::default();
+    for (i, h) in hyps.iter().enumerate() {
+        let rs: Vec<&str> = refs.iter().map(|r| r[i].as_str()).collect();
+        total += bleu_segment(opts, h, &rs);
+    }
+    bleu_from_stats(&total, opts, refs.len())
+}
+
+/// Options of a chrF computation (β = 2 fixed, whitespace excluded, as sacreBLEU's default).
+#[derive(Clone, Copy, Debug)]
+pub struct ChrfOptions {
+    pub char_order: usize,
+    /// 0 for chrF, 2 for chrF++.
+    pub word_order: usize,
+    pub lowercase: bool,
+}
+
+impl Default for ChrfOptions {
+    fn default() -> Self {
+        Self { char_order: 6, word_order: 0, lowercase: false }
+    }
+}
+
+const BETA: f64 = 2.0;
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ChrfScore {
+    pub score: f64,
+    pub signature: String,
+}
+
+fn char_ngrams(s: &str, order: usize) -> Vec<HashMap<&str, usize>> {
+    // Byte offsets of every character boundary, so n-grams are slices of `s`.
+    let bounds: Vec<usize> = s.char_indices().map(|(i, _)| i).chain([s.len()]).collect();
+    let n_chars = bounds.len() - 1;
+    (1..=order)
+        .map(|n| {
+            let mut m = HashMap::new();
+            for i in 0..(n_chars + 1).saturating_sub(n) {
+                *m.entry(&s[bounds[i]..bounds[i + n]]).or_insert(0) += 1;
+            }
+            m
+        })
+        .collect()
+}
+
+const PUNCT: &str = "!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~";
+
+/// chrF++'s word split: punctuation at either end of a word becomes its own token.
+fn chrf_words(s: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for w in py_split(s) {
+        let chars: Vec<char> = w.chars().collect();
+        if chars.len() == 1 {
+            out.push(w.to_string());
+        } else if PUNCT.contains(chars[chars.len() - 1]) {
+            out.push(chars[..chars.len() - 1].iter().collect());
+            out.push(chars[chars.len() - 1].to_string());
+        } else if PUNCT.contains(chars[0]) {
+            out.push(chars[0].to_string());
+            out.push(chars[1..].iter().collect());
+        } else {
+            out.push(w.to_string());
+        }
+    }
+    out
+}
+
+/// Per order: `[hyp n-grams, ref n-grams, matches]`, char orders then word orders.
+fn chrf_stats_one(opts: ChrfOptions, hyp: &str, reference: &str) -> Vec<[usize; 3]> {
+    let strip = |s: &str| -> String { py_split(s).collect() };
+    let (h, r) = (strip(hyp), strip(reference));
+    let mut stats = Vec::new();
+    let mut push = |hc: Vec<(usize, usize)>, rtotal: usize| {
+        let hyp_count: usize = hc.iter().map(|x| x.0).sum();
+        let matches: usize = hc.iter().map(|x| x.1).sum();
+        // sacreBLEU counts no hypothesis n-grams when the reference has none of that order.
+        stats.push([if rtotal > 0 { hyp_count } else { 0 }, rtotal, matches]);
+    };
+    for (hn, rn) in char_ngrams(&h, opts.char_order).iter().zip(char_ngrams(&r, opts.char_order).iter()) {
+        let hc = hn.iter().map(|(g, &c)| (c, c.min(*rn.get(g).unwrap_or(&0)))).collect();
+        push(hc, rn.values().sum());
+    }
+    if opts.word_order > 0 {
+        let hw = chrf_words(hyp);
+        let rw = chrf_words(reference);
+        let hw: Vec<&str> = hw.iter().map(String::as_str).collect();
+        let rw: Vec<&str> = rw.iter().map(String::as_str).collect();
+        for n in 1..=opts.word_order {
+            let (hn, rn) = (word_ngrams(&hw, n), word_ngrams(&rw, n));
+            let hc = hn.iter().map(|(g, &c)| (c, c.min(*rn.get(g).unwrap_or(&0)))).collect();
+            push(hc, rn.values().sum());
+        }
+    }
+    stats
+}
+
+fn chrf_from_stats(stats: &[[usize; 3]]) -> f64 {
+    let eps = 1e-16;
+    let factor = BETA * BETA;
+    let (mut avg_prec, mut avg_rec, mut effective) = (0.0, 0.0, 0usize);
+    for &[n_hyp, n_ref, n_match] in stats {
+        let prec = if n_hyp > 0 { n_match as f64 / n_hyp as f64 } else { eps };
+        let rec = if n_ref > 0 { n_match as f64 / n_ref as f64 } else { eps };
+        if n_hyp > 0 && n_ref > 0 {
+            avg_prec += prec;
+            avg_rec += rec;
+            effective += 1;
+        }
+    }
+    if effective == 0 {
+        return 0.0;
+    }
+    avg_prec /= effective as f64;
+    avg_rec /= effective as f64;
+    if avg_prec + avg_rec == 0.0 {
+        return 0.0;
+    }
+    100.0 * (1.0 + factor) * avg_prec * avg_rec / (factor * avg_prec + avg_rec)
+}
+
+/// `refs[k][i]` is the k-th reference of hypothesis `i`; with several references the one
+/// with the best sentence-level chrF is used for each segment.
+pub fn corpus_chrf(hyps: &[String], refs: &[Vec<String>], opts: ChrfOptions) -> ChrfScore {
+    let lower = |s: &str| if opts.lowercase { s.to_lowercase() } else { s.to_string() };
+    let n_orders = opts.char_order + opts.word_order;
+    let mut total = vec![[0usize; 3]; n_orders];
+    for (i, h) in hyps.iter().enumerate() {
+        let h = lower(h);
+        let mut best: Option<(f64, Vec<[usize; 3]>)> = None;
+        for r in refs {
+            let s = chrf_stats_one(opts, &h, &lower(&r[i]));
+            let f = chrf_from_stats(&s);
+            if best.as_ref().is_none_or(|(bf, _)| f > *bf) {
+                best = Some((f, s));
+            }
+        }
+        if let Some((_, s)) = best {
+            for (t, x) in total.iter_mut().zip(s) {
+                for k in 0..3 {
+                    t[k] += x[k];
+                }
+            }
+        }
+    }
+    let name = if opts.word_order > 0 { format!("chrF{}{}", BETA as u32, "+".repeat(opts.word_order)) } else { format!("chrF{}", BETA as u32) };
+    let signature = format!(
+        "{name}|nrefs:{}|case:{}|eff:yes|nc:{}|nw:{}|space:no|version:{SACREBLEU_VERSION}",
+        refs.len(),
+        if opts.lowercase { "lc" } else { "mixed" },
+        opts.char_order,
+        opts.word_order
+    );
+    ChrfScore { score: chrf_from_stats(&total), signature }
+}

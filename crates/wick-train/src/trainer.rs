@@ -1,0 +1,431 @@
+//! The training loop: batches → label-smoothed loss → backward → clip → AdamW, with
+//! validation, checkpoints and early stopping at fixed cadences.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use candle_core::backprop::GradStore;
+use candle_core::{DType, Device};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+use wick_data::batcher::{epoch_seed, token_batches};
+use wick_data::tokenizer::SPECIALS;
+use wick_data::{Batch, Example, Pair};
+use wick_model::{DropoutRng, ParamStore, Seq2Seq, Transformer};
+
+use crate::checkpoint;
+use crate::config::Config;
+use crate::loss::label_smoothed_cross_entropy;
+use crate::metrics::{BleuOptions, ChrfOptions, corpus_bleu, corpus_chrf};
+use crate::optim::AdamW;
+use crate::prepare::{Split, encode_pairs, load_split, train_tokenizers};
+use crate::run::{Tokenizers, TrainerState, frozen_model, git_commit, memory_mb, sha256_file};
+use crate::schedule::learning_rate;
+use crate::translate::translate;
+
+/// What a finished training reports.
+#[derive(Debug, Serialize)]
+pub struct TrainSummary {
+    pub run_dir: PathBuf,
+    pub steps: usize,
+    pub epochs: usize,
+    pub best_dev_bleu: Option<f64>,
+    pub best_step: Option<usize>,
+    pub seconds: f64,
+    pub tgt_tokens_per_s: f64,
+    pub peak_rss_mb: Option<f64>,
+    pub stop_reason: String,
+}
+
+/// Dev-set figures of one validation.
+#[derive(Clone, Debug, Serialize)]
+pub struct Validation {
+    pub step: usize,
+    pub epoch: usize,
+    pub lr: f64,
+    pub train_loss: f64,
+    pub dev_loss: f64,
+    pub dev_ppl: f64,
+    pub dev_acc: f64,
+    pub dev_bleu: f64,
+    pub dev_chrf: f64,
+    pub elapsed_s: f64,
+    pub tgt_tokens_per_s: f64,
+}
+
+/// Prints above the progress bar, or to stderr when the bar is hidden (not a terminal).
+fn log(pb: &ProgressBar, msg: impl AsRef<str>) {
+    if pb.is_hidden() {
+        eprintln!("{}", msg.as_ref());
+    } else {
+        pb.println(msg.as_ref());
+    }
+}
+
+/// Teacher-forced loss, perplexity and token accuracy on `examples` (no dropout, no graph).
+pub fn evaluate_loss(model: &Transformer, examples: &[Example], cfg: &Config) -> Result<(f64, f64, f64)> {
+    let lengths: Vec<(usize, usize)> = examples.iter().map(|e| (e.src_len(), e.tgt_len())).collect();
+    let batches = token_batches(&lengths, cfg.train.batch_tokens, cfg.train.max_sentences, None)?;
+    let (mut loss, mut nll, mut correct, mut tokens) = (0.0, 0.0, 0.0, 0usize);
+    for rows in batches {
+        let refs: Vec<&Example> = rows.iter().map(|&i| &examples[i]).collect();
+        let batch = Batch::new(&refs, SPECIALS, model.device())?;
+        let memory = model.encode(&batch.source.src, &batch.source.src_mask, false)?;
+        let logits = model.forward_t(&memory, &batch.tgt_in, false)?;
+        let sums = label_smoothed_cross_entropy(&logits, &batch.tgt_out, &batch.tgt_mask, cfg.train.label_smoothing)?;
+        loss += sums.smoothed.to_scalar::<f32>()? as f64;
+        nll += sums.nll.to_scalar::<f32>()? as f64;
+        correct += sums.correct.to_scalar::<f32>()? as f64;
+        tokens += batch.n_tgt_tokens;
+    }
+    let n = tokens.max(1) as f64;
+    Ok((loss / n, (nll / n).exp(), correct / n))
+}
+
+/// Translates the sources and scores them against the references.
+pub fn bleu_chrf(model: &Transformer, tok: &Tokenizers, cfg: &Config, pairs: &[Pair]) -> Result<(f64, f64, Vec<String>)> {
+    let sources: Vec<String> = pairs.iter().map(|p| p.src.clone()).collect();
+    let refs = vec![pairs.iter().map(|p| p.tgt.clone()).collect::<Vec<_>>()];
+    let hyps = translate(model, tok, &cfg.decode, &sources)?;
+    let bleu = corpus_bleu(&hyps, &refs, BleuOptions::default()).score;
+    let chrf = corpus_chrf(&hyps, &refs, ChrfOptions::default()).score;
+    Ok((bleu, chrf, hyps))
+}
+
+#[derive(Serialize)]
+struct Manifest {
+    wick_version: &'static str,
+    git_commit: Option<String>,
+    seed: u64,
+    device: String,
+    config_source: String,
+    data: Vec<DataFile>,
+    synthetic: Option<String>,
+    train_pairs: usize,
+    train_pairs_dropped: usize,
+    dev_pairs: usize,
+    vocab_src: usize,
+    vocab_tgt: usize,
+    params: usize,
+    created_unix: u64,
+}
+
+#[derive(Serialize)]
+struct DataFile {
+    split: &'static str,
+    path: String,
+    sha256: String,
+}
+
+fn write_json(path: &Path, value: &impl Serialize) -> Result<()> {
+    checkpoint::write_atomic(path, serde_json::to_string_pretty(value)?.as_bytes())
+}
+
+/// Everything a training needs besides the config.
+pub struct TrainRequest {
+    pub config: Config,
+    /// Where the config came from (a path or "embedded default"), for the manifest.
+    pub config_source: String,
+    pub run_dir: PathBuf,
+    pub device: Device,
+}
+
+struct Trainer {
+    cfg: Config,
+    dir: PathBuf,
+    tok: Tokenizers,
+    store: ParamStore,
+    model: Transformer,
+    /// Same weights as `model`, detached: validation builds no autograd graph.
+    eval_model: Transformer,
+    opt: AdamW,
+    state: TrainerState,
+    dev_pairs: Vec<Pair>,
+    dev_examples: Vec<Example>,
+}
+
+impl Trainer {
+    fn save(&self, name: &str, dev_bleu: Option<f64>) -> Result<()> {
+        let mut meta = HashMap::new();
+        meta.insert("step".into(), self.state.step.to_string());
+        meta.insert("epoch".into(), self.state.epoch.to_string());
+        meta.insert("wick_version".into(), env!("CARGO_PKG_VERSION").to_string());
+        if let Some(b) = dev_bleu {
+            meta.insert("dev_bleu".into(), format!("{b:.4}"));
+        }
+        checkpoint::save(&self.dir.join("checkpoints").join(name), &self.store.tensors(), meta)?;
+        write_json(&self.dir.join("trainer_state.json"), &self.state)
+    }
+
+    fn validate(&mut self, train_loss: f64, lr: f64, elapsed: f64, tokens_per_s: f64) -> Result<Validation> {
+        let (dev_loss, dev_ppl, dev_acc) = evaluate_loss(&self.eval_model, &self.dev_examples, &self.cfg)?;
+        let limit = match self.cfg.train.valid_max_sentences {
+            0 => self.dev_pairs.len(),
+            n => n.min(self.dev_pairs.len()),
+        };
+        let (dev_bleu, dev_chrf, _) = bleu_chrf(&self.eval_model, &self.tok, &self.cfg, &self.dev_pairs[..limit])?;
+        let v = Validation {
+            step: self.state.step,
+            epoch: self.state.epoch,
+            lr,
+            train_loss,
+            dev_loss,
+            dev_ppl,
+            dev_acc,
+            dev_bleu,
+            dev_chrf,
+            elapsed_s: elapsed,
+            tgt_tokens_per_s: tokens_per_s,
+        };
+        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("metrics.jsonl"))?;
+        writeln!(f, "{}", serde_json::to_string(&v)?)?;
+        if self.state.best_bleu.is_none_or(|b| dev_bleu > b) {
+            self.state.best_bleu = Some(dev_bleu);
+            self.state.best_step = Some(self.state.step);
+            self.state.bad_validations = 0;
+            self.save("best.safetensors", Some(dev_bleu))?;
+        } else {
+            self.state.bad_validations += 1;
+        }
+        Ok(v)
+    }
+}
+
+/// Runs a whole training as configured.
+pub fn train(req: TrainRequest) -> Result<TrainSummary> {
+    let TrainRequest { config: cfg, config_source, run_dir: dir, device } = req;
+    let t0 = Instant::now();
+    if dir.exists() && std::fs::read_dir(&dir)?.next().is_some() {
+        bail!("run directory {} already exists and is not empty; choose another --run-dir", dir.display())
+    }
+    std::fs::create_dir_all(dir.join("checkpoints")).with_context(|| format!("cannot create run directory {}", dir.display()))?;
+    checkpoint::write_atomic(&dir.join("config.toml"), cfg.to_toml().as_bytes())?;
+
+    // Data, tokenizers, examples.
+    let train_pairs = load_split(&cfg, Split::Train)?;
+    let dev_pairs = load_split(&cfg, Split::Dev)?;
+    let tok = train_tokenizers(&cfg, &train_pairs)?;
+    tok.save(&dir)?;
+    let (train_examples, dropped) = encode_pairs(&tok, &train_pairs, Some(cfg.data.max_len))?;
+    let (dev_examples, _) = encode_pairs(&tok, &dev_pairs, Some(cfg.data.max_len))?;
+    if train_examples.is_empty() {
+        bail!("no training pair fits data.max_len = {}", cfg.data.max_len)
+    }
+    eprintln!(
+        "data: {} train pairs ({} dropped: longer than data.max_len = {}), {} dev pairs; vocabulary {} / {}{}",
+        train_examples.len(),
+        dropped,
+        cfg.data.max_len,
+        dev_pairs.len(),
+        tok.src.vocab_size(),
+        tok.tgt.vocab_size(),
+        if tok.joint { " (joint)" } else { "" }
+    );
+
+    // Model and optimizer.
+    let vocab = tok.vocab_sizes();
+    let store = ParamStore::new(cfg.train.seed);
+    let dropout_rng = DropoutRng::new(epoch_seed(cfg.train.seed, usize::MAX));
+    let model = Transformer::new(&cfg.model, vocab, dropout_rng, store.var_builder(DType::F32, &device))?;
+    let eval_model = frozen_model(&cfg, vocab, &store, &device)?;
+    let t = &cfg.train;
+    let opt = AdamW::new(store.vars(), t.adam_beta1, t.adam_beta2, t.adam_eps, t.weight_decay)?;
+    eprintln!("model: {} parameters in {} tensors, device {:?}", store.n_params(), store.len(), device);
+
+    let mut data_files = Vec::new();
+    for (split, spec) in [("train", &cfg.data.train), ("dev", &cfg.data.dev), ("test", &cfg.data.test)] {
+        for p in spec.iter().flat_map(|s| s.paths()) {
+            data_files.push(DataFile { split, path: p.display().to_string(), sha256: sha256_file(p)? });
+        }
+    }
+    write_json(
+        &dir.join("manifest.json"),
+        &Manifest {
+            wick_version: env!("CARGO_PKG_VERSION"),
+            git_commit: git_commit(),
+            seed: cfg.train.seed,
+            device: format!("{device:?}"),
+            config_source,
+            data: data_files,
+            synthetic: cfg.data.synthetic.as_ref().map(|s| format!("{s:?}")),
+            train_pairs: train_examples.len(),
+            train_pairs_dropped: dropped,
+            dev_pairs: dev_pairs.len(),
+            vocab_src: vocab.src,
+            vocab_tgt: vocab.tgt,
+            params: store.n_params(),
+            created_unix: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+        },
+    )?;
+
+    let mut tr = Trainer {
+        cfg: cfg.clone(),
+        dir: dir.clone(),
+        tok,
+        store,
+        model,
+        eval_model,
+        opt,
+        state: TrainerState::default(),
+        dev_pairs,
+        dev_examples,
+    };
+    let summary = run_loop(&mut tr, &train_examples, t0)?;
+    Ok(summary)
+}
+
+fn run_loop(tr: &mut Trainer, train: &[Example], t0: Instant) -> Result<TrainSummary> {
+    let cfg = tr.cfg.clone();
+    let t = &cfg.train;
+    let lengths: Vec<(usize, usize)> = train.iter().map(|e| (e.src_len(), e.tgt_len())).collect();
+    let batches_per_epoch = token_batches(&lengths, t.batch_tokens, t.max_sentences, Some(0))?.len();
+    let steps_per_epoch = batches_per_epoch.div_ceil(t.accumulate);
+    let planned = match (t.max_steps, t.max_epochs) {
+        (0, e) => e * steps_per_epoch,
+        (s, 0) => s,
+        (s, e) => s.min(e * steps_per_epoch),
+    };
+    let validate_every = if t.validate_every > 0 { t.validate_every } else { steps_per_epoch };
+    let pb = ProgressBar::new(planned as u64);
+    pb.set_style(
+        ProgressStyle::with_template("{spinner} step {pos}/{len} [{elapsed_precise} < {eta_precise}] {wide_bar} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let (mut window_loss, mut window_tokens) = (0.0f64, 0usize);
+    let mut total_tokens = 0usize;
+    let loop_start = Instant::now();
+    let mut last_validated = 0usize;
+    let mut stop_reason = String::from("max_epochs reached");
+    let device = tr.model.device().clone();
+    'epochs: loop {
+        if t.max_epochs > 0 && tr.state.epoch >= t.max_epochs {
+            break;
+        }
+        let order = token_batches(&lengths, t.batch_tokens, t.max_sentences, Some(epoch_seed(t.seed, tr.state.epoch)))?;
+        for group in order.chunks(t.accumulate) {
+            // One update: gradients of every batch in the group, summed, normalised by the
+            // group's target tokens.
+            let batches = group
+                .iter()
+                .map(|rows| Batch::new(&rows.iter().map(|&i| &train[i]).collect::<Vec<_>>(), SPECIALS, &device))
+                .collect::<candle_core::Result<Vec<_>>>()?;
+            let group_tokens: usize = batches.iter().map(|b| b.n_tgt_tokens).sum();
+            let mut grads: Option<GradStore> = None;
+            let mut group_loss = 0.0;
+            for batch in &batches {
+                let memory = tr.model.encode(&batch.source.src, &batch.source.src_mask, true)?;
+                let logits = tr.model.forward_t(&memory, &batch.tgt_in, true)?;
+                let sums = label_smoothed_cross_entropy(&logits, &batch.tgt_out, &batch.tgt_mask, t.label_smoothing)?;
+                let loss = (sums.smoothed / group_tokens as f64)?;
+                let g = loss.backward()?;
+                group_loss += loss.to_scalar::<f32>()? as f64;
+                grads = Some(match grads {
+                    None => g,
+                    Some(mut acc) => {
+                        for (_, var) in tr.store.vars() {
+                            if let Some(new) = g.get(var.as_tensor()) {
+                                let sum = match acc.get(var.as_tensor()) {
+                                    Some(old) => (old + new)?,
+                                    None => new.clone(),
+                                };
+                                acc.insert(var.as_tensor(), sum);
+                            }
+                        }
+                        acc
+                    }
+                });
+            }
+            let Some(grads) = grads else { continue };
+            if !group_loss.is_finite() {
+                bail!("training loss became {group_loss} at step {}; the last good checkpoint is in {}", tr.state.step + 1, tr.dir.join("checkpoints").display())
+            }
+            let step = tr.state.step + 1;
+            let lr = learning_rate(t, step);
+            let scale = if t.clip_norm > 0.0 {
+                let norm = tr.opt.grad_norm(&grads)?;
+                if norm > t.clip_norm { t.clip_norm / (norm + 1e-6) } else { 1.0 }
+            } else {
+                1.0
+            };
+            tr.opt.step(&grads, lr, scale)?;
+            tr.state.step = step;
+            window_loss += group_loss * group_tokens as f64;
+            window_tokens += group_tokens;
+            total_tokens += group_tokens;
+            pb.inc(1);
+
+            let elapsed = loop_start.elapsed().as_secs_f64();
+            let tok_s = total_tokens as f64 / elapsed.max(1e-9);
+            if step % t.log_every == 0 {
+                let msg = format!("epoch {} loss {:.3} lr {lr:.2e} {tok_s:.0} tgt tok/s", tr.state.epoch + 1, window_loss / window_tokens.max(1) as f64);
+                pb.set_message(msg.clone());
+                if pb.is_hidden() {
+                    eprintln!("step {step}/{planned} {msg}");
+                }
+            }
+            if step % validate_every == 0 {
+                let train_loss = window_loss / window_tokens.max(1) as f64;
+                let v = tr.validate(train_loss, lr, elapsed, tok_s)?;
+                last_validated = step;
+                log(
+                    &pb,
+                    format!(
+                        "validation step {step}: dev loss {:.3} ppl {:.2} acc {:.1}% BLEU {:.2} chrF {:.2} (best {:.2} at step {})",
+                        v.dev_loss,
+                        v.dev_ppl,
+                        100.0 * v.dev_acc,
+                        v.dev_bleu,
+                        v.dev_chrf,
+                        tr.state.best_bleu.unwrap_or(0.0),
+                        tr.state.best_step.unwrap_or(0)
+                    ),
+                );
+                (window_loss, window_tokens) = (0.0, 0);
+                tr.save("last.safetensors", Some(v.dev_bleu))?;
+                if t.patience > 0 && tr.state.bad_validations >= t.patience {
+                    stop_reason = format!("early stop: dev BLEU did not improve for {} validations", t.patience);
+                    break 'epochs;
+                }
+            } else if t.checkpoint_every > 0 && step % t.checkpoint_every == 0 {
+                tr.save("last.safetensors", None)?;
+            }
+            if t.max_steps > 0 && step >= t.max_steps {
+                stop_reason = format!("max_steps = {} reached", t.max_steps);
+                break 'epochs;
+            }
+            if t.max_minutes > 0.0 && t0.elapsed().as_secs_f64() >= t.max_minutes * 60.0 {
+                stop_reason = format!("max_minutes = {} reached", t.max_minutes);
+                break 'epochs;
+            }
+        }
+        tr.state.epoch += 1;
+    }
+    pb.finish_and_clear();
+    let elapsed = loop_start.elapsed().as_secs_f64();
+    let tok_s = total_tokens as f64 / elapsed.max(1e-9);
+    if last_validated != tr.state.step {
+        let train_loss = window_loss / window_tokens.max(1) as f64;
+        let v = tr.validate(train_loss, learning_rate(t, tr.state.step.max(1)), elapsed, tok_s)?;
+        eprintln!(
+            "validation step {}: dev loss {:.3} ppl {:.2} acc {:.1}% BLEU {:.2} chrF {:.2}",
+            tr.state.step, v.dev_loss, v.dev_ppl, 100.0 * v.dev_acc, v.dev_bleu, v.dev_chrf
+        );
+    }
+    tr.state.finished = true;
+    tr.state.elapsed_seconds = t0.elapsed().as_secs_f64();
+    tr.save("last.safetensors", None)?;
+    Ok(TrainSummary {
+        run_dir: tr.dir.clone(),
+        steps: tr.state.step,
+        epochs: tr.state.epoch,
+        best_dev_bleu: tr.state.best_bleu,
+        best_step: tr.state.best_step,
+        seconds: tr.state.elapsed_seconds,
+        tgt_tokens_per_s: tok_s,
+        peak_rss_mb: memory_mb().0,
+        stop_reason,
+    })
+}
