@@ -63,18 +63,35 @@ fn pad_rows(rows: &[Vec<u32>], pad: u32, device: &Device) -> Result<(Tensor, Ten
         ids[r * len..r * len + row.len()].copy_from_slice(row);
         mask[r * len..r * len + row.len()].fill(1.0);
     }
-    Ok((Tensor::from_vec(ids, (b, len), device)?, Tensor::from_vec(mask, (b, len), device)?))
+    Ok((
+        Tensor::from_vec(ids, (b, len), device)?,
+        Tensor::from_vec(mask, (b, len), device)?,
+    ))
 }
 
 impl SourceBatch {
-    pub fn new(ids: Vec<usize>, sources: &[&[u32]], special: SpecialTokens, device: &Device) -> Result<Self> {
+    pub fn new(
+        ids: Vec<usize>,
+        sources: &[&[u32]],
+        special: SpecialTokens,
+        device: &Device,
+    ) -> Result<Self> {
         if sources.is_empty() {
             candle_core::bail!("empty batch")
         }
-        let rows: Vec<Vec<u32>> = sources.iter().map(|s| s.iter().copied().chain([special.eos]).collect()).collect();
+        let rows: Vec<Vec<u32>> = sources
+            .iter()
+            .map(|s| s.iter().copied().chain([special.eos]).collect())
+            .collect();
         let src_lens: Vec<usize> = rows.iter().map(Vec::len).collect();
         let (src, src_mask) = pad_rows(&rows, special.pad, device)?;
-        Ok(Self { ids, src, src_mask, n_src_tokens: src_lens.iter().sum(), src_lens })
+        Ok(Self {
+            ids,
+            src,
+            src_mask,
+            n_src_tokens: src_lens.iter().sum(),
+            src_lens,
+        })
     }
 
     pub fn len(&self) -> usize {
@@ -91,12 +108,29 @@ impl Batch {
         let ids = examples.iter().map(|e| e.id).collect();
         let sources: Vec<&[u32]> = examples.iter().map(|e| e.src.as_slice()).collect();
         let source = SourceBatch::new(ids, &sources, special, device)?;
-        let tgt_in: Vec<Vec<u32>> = examples.iter().map(|e| [special.bos].into_iter().chain(e.tgt.iter().copied()).collect()).collect();
-        let tgt_out: Vec<Vec<u32>> = examples.iter().map(|e| e.tgt.iter().copied().chain([special.eos]).collect()).collect();
+        let tgt_in: Vec<Vec<u32>> = examples
+            .iter()
+            .map(|e| {
+                [special.bos]
+                    .into_iter()
+                    .chain(e.tgt.iter().copied())
+                    .collect()
+            })
+            .collect();
+        let tgt_out: Vec<Vec<u32>> = examples
+            .iter()
+            .map(|e| e.tgt.iter().copied().chain([special.eos]).collect())
+            .collect();
         let n_tgt_tokens = tgt_out.iter().map(Vec::len).sum();
         let (tgt_in, _) = pad_rows(&tgt_in, special.pad, device)?;
         let (tgt_out, tgt_mask) = pad_rows(&tgt_out, special.pad, device)?;
-        Ok(Self { source, tgt_in, tgt_out, tgt_mask, n_tgt_tokens })
+        Ok(Self {
+            source,
+            tgt_in,
+            tgt_out,
+            tgt_mask,
+            n_tgt_tokens,
+        })
     }
 
     pub fn len(&self) -> usize {

@@ -12,7 +12,11 @@ use crate::error::{DataError, Result};
 
 /// Padded size of a batch: rows × the longest source or target in it.
 pub fn batch_cost(lengths: &[(usize, usize)], rows: &[usize]) -> usize {
-    let longest = rows.iter().map(|&i| lengths[i].0.max(lengths[i].1)).max().unwrap_or(0);
+    let longest = rows
+        .iter()
+        .map(|&i| lengths[i].0.max(lengths[i].1))
+        .max()
+        .unwrap_or(0);
     rows.len() * longest
 }
 
@@ -48,7 +52,9 @@ pub fn token_batches(
             )));
         }
         let new_longest = longest.max(len);
-        if !current.is_empty() && ((current.len() + 1) * new_longest > max_tokens || current.len() >= max_sentences) {
+        if !current.is_empty()
+            && ((current.len() + 1) * new_longest > max_tokens || current.len() >= max_sentences)
+        {
             batches.push(std::mem::take(&mut current));
             longest = len;
         } else {
@@ -67,5 +73,6 @@ pub fn token_batches(
 
 /// The shuffle seed of an epoch, so each epoch has its own order but all are reproducible.
 pub fn epoch_seed(seed: u64, epoch: usize) -> u64 {
-    seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(epoch as u64)
+    seed.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        .wrapping_add(epoch as u64)
 }

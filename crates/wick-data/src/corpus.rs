@@ -37,7 +37,11 @@ impl CorpusSpec {
 
     /// A short human-readable description.
     pub fn describe(&self) -> String {
-        self.paths().iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(" + ")
+        self.paths()
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(" + ")
     }
 
     pub fn read(&self) -> Result<Vec<Pair>> {
@@ -46,7 +50,9 @@ impl CorpusSpec {
             CorpusSpec::Files { src, tgt } => read_aligned(src, tgt)?,
         };
         if pairs.is_empty() {
-            return Err(DataError::Empty { path: self.paths()[0].to_path_buf() });
+            return Err(DataError::Empty {
+                path: self.paths()[0].to_path_buf(),
+            });
         }
         Ok(pairs)
     }
@@ -54,7 +60,10 @@ impl CorpusSpec {
 
 /// Opens a file, decompressing `.gz`.
 fn open(path: &Path) -> Result<Box<dyn BufRead>> {
-    let file = File::open(path).map_err(|source| DataError::Open { path: path.to_path_buf(), source })?;
+    let file = File::open(path).map_err(|source| DataError::Open {
+        path: path.to_path_buf(),
+        source,
+    })?;
     let reader: Box<dyn Read> = if path.extension().is_some_and(|e| e == "gz") {
         Box::new(flate2::read::MultiGzDecoder::new(file))
     } else {
@@ -74,7 +83,11 @@ pub fn read_lines(path: &Path) -> Result<Vec<String>> {
         let line_no = lines.len() + 1;
         let n = reader
             .read_until(b'\n', &mut buf)
-            .map_err(|source| DataError::Read { path: path.to_path_buf(), line: line_no, source })?;
+            .map_err(|source| DataError::Read {
+                path: path.to_path_buf(),
+                line: line_no,
+                source,
+            })?;
         if n == 0 {
             break;
         }
@@ -100,10 +113,18 @@ pub fn read_lines(path: &Path) -> Result<Vec<String>> {
 
 fn check_side(path: &Path, line: usize, side: &str, text: &str) -> Result<()> {
     if text.trim().is_empty() {
-        return Err(DataError::Line { path: path.to_path_buf(), line, problem: format!("empty {side} side") });
+        return Err(DataError::Line {
+            path: path.to_path_buf(),
+            line,
+            problem: format!("empty {side} side"),
+        });
     }
     if text.contains('\0') {
-        return Err(DataError::Line { path: path.to_path_buf(), line, problem: format!("NUL byte in the {side} side") });
+        return Err(DataError::Line {
+            path: path.to_path_buf(),
+            line,
+            problem: format!("NUL byte in the {side} side"),
+        });
     }
     Ok(())
 }
@@ -125,7 +146,10 @@ pub fn read_tsv(path: &Path) -> Result<Vec<Pair>> {
         };
         check_side(path, line_no, "source", src)?;
         check_side(path, line_no, "target", tgt)?;
-        pairs.push(Pair { src: src.to_string(), tgt: tgt.to_string() });
+        pairs.push(Pair {
+            src: src.to_string(),
+            tgt: tgt.to_string(),
+        });
     }
     Ok(pairs)
 }

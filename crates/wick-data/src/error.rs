@@ -5,15 +5,35 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
     #[error("cannot open {}: {source}", path.display())]
-    Open { path: PathBuf, source: std::io::Error },
+    Open {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{}:{line}: read error: {source}", path.display())]
-    Read { path: PathBuf, line: usize, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        line: usize,
+        source: std::io::Error,
+    },
     #[error("{}:{line}: invalid UTF-8 (byte offset {offset} in the line)", path.display())]
-    Utf8 { path: PathBuf, line: usize, offset: usize },
+    Utf8 {
+        path: PathBuf,
+        line: usize,
+        offset: usize,
+    },
     #[error("{}:{line}: {problem}", path.display())]
-    Line { path: PathBuf, line: usize, problem: String },
+    Line {
+        path: PathBuf,
+        line: usize,
+        problem: String,
+    },
     #[error("{} has {n_src} lines but {} has {n_tgt}: source and target files must be aligned line by line", src.display(), tgt.display())]
-    LengthMismatch { src: PathBuf, tgt: PathBuf, n_src: usize, n_tgt: usize },
+    LengthMismatch {
+        src: PathBuf,
+        tgt: PathBuf,
+        n_src: usize,
+        n_tgt: usize,
+    },
     #[error("{}: no sentence pairs", path.display())]
     Empty { path: PathBuf },
     #[error("tokenizer {}: {problem}", path.display())]

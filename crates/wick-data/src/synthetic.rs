@@ -47,7 +47,10 @@ const SYMBOLS: &str = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ";
 impl SyntheticSpec {
     pub fn validate(&self) -> Result<()> {
         if !(2..=SYMBOLS.len()).contains(&self.n_symbols) {
-            return Err(DataError::Invalid(format!("data.synthetic.n_symbols must be in 2..=52, got {}", self.n_symbols)));
+            return Err(DataError::Invalid(format!(
+                "data.synthetic.n_symbols must be in 2..=52, got {}",
+                self.n_symbols
+            )));
         }
         if self.min_len == 0 || self.min_len > self.max_len {
             return Err(DataError::Invalid(format!(
@@ -56,7 +59,9 @@ impl SyntheticSpec {
             )));
         }
         if self.n_train == 0 || self.n_dev == 0 || self.n_test == 0 {
-            return Err(DataError::Invalid("data.synthetic.n_train, n_dev and n_test must be positive".into()));
+            return Err(DataError::Invalid(
+                "data.synthetic.n_train, n_dev and n_test must be positive".into(),
+            ));
         }
         Ok(())
     }
@@ -74,19 +79,31 @@ impl SyntheticSpec {
                 attempts += 1;
                 if attempts > 100 * n + 1000 {
                     return Err(DataError::Invalid(
-                        "data.synthetic: too few distinct sequences for the requested split sizes".into(),
+                        "data.synthetic: too few distinct sequences for the requested split sizes"
+                            .into(),
                     ));
                 }
                 let len = rng.random_range(self.min_len..=self.max_len);
-                let seq: Vec<char> = (0..len).map(|_| symbols[rng.random_range(0..symbols.len())]).collect();
-                let src = seq.iter().map(char::to_string).collect::<Vec<_>>().join(" ");
+                let seq: Vec<char> = (0..len)
+                    .map(|_| symbols[rng.random_range(0..symbols.len())])
+                    .collect();
+                let src = seq
+                    .iter()
+                    .map(char::to_string)
+                    .collect::<Vec<_>>()
+                    .join(" ");
                 if exclude && seen.contains(&src) {
                     continue;
                 }
                 seen.insert(src.clone());
                 let tgt = match self.task {
                     Task::Copy => src.clone(),
-                    Task::Reverse => seq.iter().rev().map(char::to_string).collect::<Vec<_>>().join(" "),
+                    Task::Reverse => seq
+                        .iter()
+                        .rev()
+                        .map(char::to_string)
+                        .collect::<Vec<_>>()
+                        .join(" "),
                 };
                 out.push(Pair { src, tgt });
             }

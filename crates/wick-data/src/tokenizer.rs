@@ -10,8 +10,8 @@ use std::str::FromStr;
 
 use tokenizers::decoders::byte_fallback::ByteFallback;
 use tokenizers::decoders::sequence::Sequence;
-use tokenizers::models::bpe::{BPE, BpeTrainerBuilder};
 use tokenizers::models::TrainerWrapper;
+use tokenizers::models::bpe::{BPE, BpeTrainerBuilder};
 use tokenizers::pre_tokenizers::metaspace::{Metaspace, PrependScheme};
 use tokenizers::{AddedToken, DecoderWrapper, Tokenizer};
 
@@ -26,7 +26,12 @@ pub struct SpecialTokens {
     pub unk: u32,
 }
 
-pub const SPECIALS: SpecialTokens = SpecialTokens { pad: 0, bos: 1, eos: 2, unk: 3 };
+pub const SPECIALS: SpecialTokens = SpecialTokens {
+    pad: 0,
+    bos: 1,
+    eos: 2,
+    unk: 3,
+};
 const SPECIAL_NAMES: [&str; 4] = ["<pad>", "<s>", "</s>", "<unk>"];
 
 /// A trained tokenizer with wick's special tokens at fixed ids.
@@ -42,21 +47,37 @@ impl std::fmt::Debug for SubwordTokenizer {
 }
 
 fn tok_err(path: &Path, e: impl std::fmt::Display) -> DataError {
-    DataError::Tokenizer { path: path.to_path_buf(), problem: e.to_string() }
+    DataError::Tokenizer {
+        path: path.to_path_buf(),
+        problem: e.to_string(),
+    }
 }
 
 impl SubwordTokenizer {
     /// Learns a BPE vocabulary of about `vocab_size` entries (special and byte tokens
     /// included) from `texts`.
-    pub fn train<S: AsRef<str> + Send>(texts: impl Iterator<Item = S> + Send, vocab_size: usize, min_frequency: u64) -> Result<Self> {
+    pub fn train<S: AsRef<str> + Send>(
+        texts: impl Iterator<Item = S> + Send,
+        vocab_size: usize,
+        min_frequency: u64,
+    ) -> Result<Self> {
         const N_BYTES: usize = 256;
-        let merges_budget = vocab_size.checked_sub(N_BYTES).filter(|&n| n > SPECIAL_NAMES.len()).ok_or_else(|| {
-            DataError::Invalid(format!("vocab_size {vocab_size} is too small: it must exceed {}", N_BYTES + SPECIAL_NAMES.len()))
-        })?;
+        let merges_budget = vocab_size
+            .checked_sub(N_BYTES)
+            .filter(|&n| n > SPECIAL_NAMES.len())
+            .ok_or_else(|| {
+                DataError::Invalid(format!(
+                    "vocab_size {vocab_size} is too small: it must exceed {}",
+                    N_BYTES + SPECIAL_NAMES.len()
+                ))
+            })?;
         let here = Path::new("<training>");
         let mut tokenizer = Tokenizer::new(BPE::default());
         tokenizer.with_pre_tokenizer(Some(Metaspace::new('▁', PrependScheme::Always, true)));
-        let specials = SPECIAL_NAMES.iter().map(|s| AddedToken::from(*s, true)).collect();
+        let specials = SPECIAL_NAMES
+            .iter()
+            .map(|s| AddedToken::from(*s, true))
+            .collect();
         let mut trainer: TrainerWrapper = BpeTrainerBuilder::new()
             .vocab_size(merges_budget)
             .min_frequency(min_frequency)
@@ -64,14 +85,19 @@ impl SubwordTokenizer {
             .show_progress(false)
             .build()
             .into();
-        tokenizer.train(&mut trainer, texts).map_err(|e| tok_err(here, e))?;
+        tokenizer
+            .train(&mut trainer, texts)
+            .map_err(|e| tok_err(here, e))?;
 
         // Append the 256 byte tokens and switch byte fallback on. The trained model is edited
         // through its JSON form because `BPE` does not expose its merges.
         let mut json: serde_json::Value =
-            serde_json::from_str(&tokenizer.to_string(false).map_err(|e| tok_err(here, e))?).map_err(|e| tok_err(here, e))?;
+            serde_json::from_str(&tokenizer.to_string(false).map_err(|e| tok_err(here, e))?)
+                .map_err(|e| tok_err(here, e))?;
         let model = &mut json["model"];
-        let vocab = model["vocab"].as_object_mut().ok_or_else(|| tok_err(here, "trained model has no vocab"))?;
+        let vocab = model["vocab"]
+            .as_object_mut()
+            .ok_or_else(|| tok_err(here, "trained model has no vocab"))?;
         let mut next = vocab.len() as u64;
         for b in 0..=255u8 {
             let name = format!("<0x{b:02X}>");
@@ -96,9 +122,12 @@ impl SubwordTokenizer {
     fn check_specials(&self, path: &Path) -> Result<()> {
         for (id, name) in SPECIAL_NAMES.iter().enumerate() {
             if self.inner.token_to_id(name) != Some(id as u32) {
-                return Err(tok_err(path, format!(
-                    "not a wick tokenizer: expected special token {name} at id {id} (wick needs <pad> <s> </s> <unk> at ids 0-3)"
-                )));
+                return Err(tok_err(
+                    path,
+                    format!(
+                        "not a wick tokenizer: expected special token {name} at id {id} (wick needs <pad> <s> </s> <unk> at ids 0-3)"
+                    ),
+                ));
             }
         }
         Ok(())
@@ -108,14 +137,17 @@ impl SubwordTokenizer {
         if !path.exists() {
             return Err(tok_err(path, "file not found"));
         }
-        let inner = Tokenizer::from_file(path).map_err(|e| tok_err(path, format!("cannot parse: {e}")))?;
+        let inner =
+            Tokenizer::from_file(path).map_err(|e| tok_err(path, format!("cannot parse: {e}")))?;
         let tok = Self { inner };
         tok.check_specials(path)?;
         Ok(tok)
     }
 
     pub fn to_json(&self) -> Result<String> {
-        self.inner.to_string(true).map_err(|e| tok_err(Path::new("<memory>"), e))
+        self.inner
+            .to_string(true)
+            .map_err(|e| tok_err(Path::new("<memory>"), e))
     }
 
     pub fn save(&self, path: &Path) -> Result<()> {
@@ -128,23 +160,37 @@ impl SubwordTokenizer {
 
     /// Token ids of `text`, without `<s>`/`</s>`.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
-        let enc = self.inner.encode(text, false).map_err(|e| tok_err(Path::new("<encode>"), e))?;
+        let enc = self
+            .inner
+            .encode(text, false)
+            .map_err(|e| tok_err(Path::new("<encode>"), e))?;
         Ok(enc.get_ids().to_vec())
     }
 
     /// Encodes many texts in parallel.
     pub fn encode_batch(&self, texts: &[&str]) -> Result<Vec<Vec<u32>>> {
-        let encs = self.inner.encode_batch(texts.to_vec(), false).map_err(|e| tok_err(Path::new("<encode>"), e))?;
+        let encs = self
+            .inner
+            .encode_batch(texts.to_vec(), false)
+            .map_err(|e| tok_err(Path::new("<encode>"), e))?;
         Ok(encs.into_iter().map(|e| e.get_ids().to_vec()).collect())
     }
 
     /// Text of `ids`; special tokens are dropped.
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
-        self.inner.decode(ids, true).map_err(|e| tok_err(Path::new("<decode>"), e))
+        self.inner
+            .decode(ids, true)
+            .map_err(|e| tok_err(Path::new("<decode>"), e))
     }
 
     /// The surface string of each token (for attention plots).
     pub fn tokens(&self, ids: &[u32]) -> Vec<String> {
-        ids.iter().map(|&id| self.inner.id_to_token(id).unwrap_or_else(|| format!("#{id}"))).collect()
+        ids.iter()
+            .map(|&id| {
+                self.inner
+                    .id_to_token(id)
+                    .unwrap_or_else(|| format!("#{id}"))
+            })
+            .collect()
     }
 }

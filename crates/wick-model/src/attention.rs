@@ -61,7 +61,10 @@ impl KvCache {
     /// Keeps the rows `indices` (u32, `(b',)`) of the batch, for beam reordering and for
     /// dropping finished sentences.
     pub fn index_select(&self, indices: &Tensor) -> Result<Self> {
-        Ok(Self { k: self.k.index_select(indices, 0)?, v: self.v.index_select(indices, 0)? })
+        Ok(Self {
+            k: self.k.index_select(indices, 0)?,
+            v: self.v.index_select(indices, 0)?,
+        })
     }
 }
 
@@ -74,7 +77,13 @@ pub struct SelfAttention {
 }
 
 impl SelfAttention {
-    pub fn new(d_model: usize, n_heads: usize, p: f32, rng: DropoutRng, vb: VarBuilder) -> Result<Self> {
+    pub fn new(
+        d_model: usize,
+        n_heads: usize,
+        p: f32,
+        rng: DropoutRng,
+        vb: VarBuilder,
+    ) -> Result<Self> {
         Ok(Self {
             qkv_proj: Linear::new(d_model, 3 * d_model, true, vb.pp("qkv_proj"))?,
             out_proj: Linear::new(d_model, d_model, true, vb.pp("out_proj"))?,
@@ -88,7 +97,10 @@ impl SelfAttention {
         let (b, t, d) = xs.dims3()?;
         let h = self.n_heads;
         let qkv = self.qkv_proj.forward(xs)?; // (b, t, 3d)
-        let qkv = qkv.reshape((b, t, 3, h, d / h))?.permute((2, 0, 3, 1, 4))?.contiguous()?; // (3, b, h, t, dk)
+        let qkv = qkv
+            .reshape((b, t, 3, h, d / h))?
+            .permute((2, 0, 3, 1, 4))?
+            .contiguous()?; // (3, b, h, t, dk)
         Ok((qkv.get(0)?, qkv.get(1)?, qkv.get(2)?))
     }
 
@@ -136,7 +148,13 @@ pub struct CrossAttention {
 }
 
 impl CrossAttention {
-    pub fn new(d_model: usize, n_heads: usize, p: f32, rng: DropoutRng, vb: VarBuilder) -> Result<Self> {
+    pub fn new(
+        d_model: usize,
+        n_heads: usize,
+        p: f32,
+        rng: DropoutRng,
+        vb: VarBuilder,
+    ) -> Result<Self> {
         Ok(Self {
             q_proj: Linear::new(d_model, d_model, true, vb.pp("q_proj"))?,
             kv_proj: Linear::new(d_model, 2 * d_model, true, vb.pp("kv_proj"))?,
@@ -154,8 +172,14 @@ impl CrossAttention {
         let (b, s, d) = memory.dims3()?;
         let h = self.n_heads;
         let kv = self.kv_proj.forward(memory)?; // (b, s, 2d)
-        let kv = kv.reshape((b, s, 2, h, d / h))?.permute((2, 0, 3, 1, 4))?.contiguous()?; // (2, b, h, s, dk)
-        Ok(KvCache { k: kv.get(0)?, v: kv.get(1)? })
+        let kv = kv
+            .reshape((b, s, 2, h, d / h))?
+            .permute((2, 0, 3, 1, 4))?
+            .contiguous()?; // (2, b, h, s, dk)
+        Ok(KvCache {
+            k: kv.get(0)?,
+            v: kv.get(1)?,
+        })
     }
 
     /// # Shapes
@@ -169,8 +193,14 @@ impl CrossAttention {
         train: bool,
     ) -> Result<(Tensor, Tensor)> {
         let q = split_heads(&self.q_proj.forward(xs)?, self.n_heads)?; // (b, h, t, dk)
-        let (out, probs) =
-            scaled_dot_product(&q, &memory_kv.k, &memory_kv.v, Some(bias), &self.dropout, train)?;
+        let (out, probs) = scaled_dot_product(
+            &q,
+            &memory_kv.k,
+            &memory_kv.v,
+            Some(bias),
+            &self.dropout,
+            train,
+        )?;
         Ok((self.out_proj.forward(&merge_heads(&out)?)?, probs))
     }
 }

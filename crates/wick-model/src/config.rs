@@ -90,10 +90,17 @@ impl TransformerConfig {
             bail!("d_model, n_heads and d_ff must be positive")
         }
         if self.d_model % self.n_heads != 0 {
-            bail!("d_model ({}) must be divisible by n_heads ({})", self.d_model, self.n_heads)
+            bail!(
+                "d_model ({}) must be divisible by n_heads ({})",
+                self.d_model,
+                self.n_heads
+            )
         }
         if self.d_model % 2 != 0 {
-            bail!("d_model ({}) must be even for sinusoidal positions", self.d_model)
+            bail!(
+                "d_model ({}) must be even for sinusoidal positions",
+                self.d_model
+            )
         }
         for (name, p) in [
             ("dropout", self.dropout),

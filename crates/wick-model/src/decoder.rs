@@ -24,7 +24,11 @@ pub struct LayerCache {
 impl LayerCache {
     pub fn index_select(&self, indices: &Tensor) -> Result<Self> {
         Ok(Self {
-            self_kv: self.self_kv.as_ref().map(|c| c.index_select(indices)).transpose()?,
+            self_kv: self
+                .self_kv
+                .as_ref()
+                .map(|c| c.index_select(indices))
+                .transpose()?,
             memory_kv: self.memory_kv.index_select(indices)?,
         })
     }
@@ -46,11 +50,29 @@ impl DecoderLayer {
     pub fn new(cfg: &TransformerConfig, rng: &DropoutRng, vb: VarBuilder) -> Result<Self> {
         let (d, h, eps) = (cfg.d_model, cfg.n_heads, cfg.layer_norm_eps);
         Ok(Self {
-            self_attn: SelfAttention::new(d, h, cfg.attention_dropout, rng.clone(), vb.pp("self_attn"))?,
+            self_attn: SelfAttention::new(
+                d,
+                h,
+                cfg.attention_dropout,
+                rng.clone(),
+                vb.pp("self_attn"),
+            )?,
             self_attn_norm: LayerNorm::new(d, eps, vb.pp("self_attn_norm"))?,
-            cross_attn: CrossAttention::new(d, h, cfg.attention_dropout, rng.clone(), vb.pp("cross_attn"))?,
+            cross_attn: CrossAttention::new(
+                d,
+                h,
+                cfg.attention_dropout,
+                rng.clone(),
+                vb.pp("cross_attn"),
+            )?,
             cross_attn_norm: LayerNorm::new(d, eps, vb.pp("cross_attn_norm"))?,
-            ffn: FeedForward::new(d, cfg.d_ff, cfg.activation_dropout, rng.clone(), vb.pp("ffn"))?,
+            ffn: FeedForward::new(
+                d,
+                cfg.d_ff,
+                cfg.activation_dropout,
+                rng.clone(),
+                vb.pp("ffn"),
+            )?,
             ffn_norm: LayerNorm::new(d, eps, vb.pp("ffn_norm"))?,
             dropout: Dropout::new(cfg.dropout, rng.clone()),
             norm: cfg.norm,
@@ -74,19 +96,32 @@ impl DecoderLayer {
         src_bias: &Tensor,
         train: bool,
     ) -> Result<(Tensor, Tensor)> {
-        let xs = residual(xs, &self.self_attn_norm, self.norm, &self.dropout, train, |x| {
-            Ok(self.self_attn.forward(x, Some(causal), train)?.0)
-        })?;
+        let xs = residual(
+            xs,
+            &self.self_attn_norm,
+            self.norm,
+            &self.dropout,
+            train,
+            |x| Ok(self.self_attn.forward(x, Some(causal), train)?.0),
+        )?;
         let mut probs = None;
-        let xs = residual(&xs, &self.cross_attn_norm, self.norm, &self.dropout, train, |x| {
-            let (out, p) = self.cross_attn.forward(x, memory_kv, src_bias, train)?;
-            probs = Some(p);
-            Ok(out)
-        })?;
+        let xs = residual(
+            &xs,
+            &self.cross_attn_norm,
+            self.norm,
+            &self.dropout,
+            train,
+            |x| {
+                let (out, p) = self.cross_attn.forward(x, memory_kv, src_bias, train)?;
+                probs = Some(p);
+                Ok(out)
+            },
+        )?;
         let xs = residual(&xs, &self.ffn_norm, self.norm, &self.dropout, train, |x| {
             self.ffn.forward_t(x, train)
         })?;
-        let probs = probs.ok_or_else(|| candle_core::Error::Msg("cross-attention did not run".into()))?;
+        let probs =
+            probs.ok_or_else(|| candle_core::Error::Msg("cross-attention did not run".into()))?;
         Ok((xs, probs))
     }
 
@@ -94,14 +129,36 @@ impl DecoderLayer {
     ///
     /// # Shapes
     /// xs `(b, 1, d)` → `(b, 1, d)`; `cache.self_kv` grows by one position.
-    pub fn forward_step(&self, xs: &Tensor, cache: &mut LayerCache, src_bias: &Tensor) -> Result<Tensor> {
-        let xs = residual(xs, &self.self_attn_norm, self.norm, &self.dropout, false, |x| {
-            self.self_attn.forward_step(x, &mut cache.self_kv)
-        })?;
-        let xs = residual(&xs, &self.cross_attn_norm, self.norm, &self.dropout, false, |x| {
-            Ok(self.cross_attn.forward(x, &cache.memory_kv, src_bias, false)?.0)
-        })?;
-        residual(&xs, &self.ffn_norm, self.norm, &self.dropout, false, |x| self.ffn.forward_t(x, false))
+    pub fn forward_step(
+        &self,
+        xs: &Tensor,
+        cache: &mut LayerCache,
+        src_bias: &Tensor,
+    ) -> Result<Tensor> {
+        let xs = residual(
+            xs,
+            &self.self_attn_norm,
+            self.norm,
+            &self.dropout,
+            false,
+            |x| self.self_attn.forward_step(x, &mut cache.self_kv),
+        )?;
+        let xs = residual(
+            &xs,
+            &self.cross_attn_norm,
+            self.norm,
+            &self.dropout,
+            false,
+            |x| {
+                Ok(self
+                    .cross_attn
+                    .forward(x, &cache.memory_kv, src_bias, false)?
+                    .0)
+            },
+        )?;
+        residual(&xs, &self.ffn_norm, self.norm, &self.dropout, false, |x| {
+            self.ffn.forward_t(x, false)
+        })
     }
 }
 
@@ -127,10 +184,18 @@ impl Decoder {
             .map(|i| DecoderLayer::new(cfg, rng, vb.pp("layers").pp(i)))
             .collect::<Result<_>>()?;
         let final_norm = match cfg.norm {
-            NormPosition::Pre => Some(LayerNorm::new(cfg.d_model, cfg.layer_norm_eps, vb.pp("final_norm"))?),
+            NormPosition::Pre => Some(LayerNorm::new(
+                cfg.d_model,
+                cfg.layer_norm_eps,
+                vb.pp("final_norm"),
+            )?),
             NormPosition::Post => None,
         };
-        Ok(Self { layers, final_norm, dropout: Dropout::new(cfg.dropout, rng.clone()) })
+        Ok(Self {
+            layers,
+            final_norm,
+            dropout: Dropout::new(cfg.dropout, rng.clone()),
+        })
     }
 
     pub fn layers(&self) -> &[DecoderLayer] {
@@ -161,7 +226,9 @@ impl Decoder {
     ) -> Result<DecoderOutput> {
         let (_, t) = tgt_in.dims2()?;
         let causal = causal_bias(t, tgt_in.device())?;
-        let xs = embed.forward(tgt_in)?.broadcast_add(&positions.get(0, t)?)?; // (b, t, d)
+        let xs = embed
+            .forward(tgt_in)?
+            .broadcast_add(&positions.get(0, t)?)?; // (b, t, d)
         let mut xs = self.dropout.forward_t(&xs, train)?;
         let mut cross_attention = Vec::new();
         for layer in &self.layers {
@@ -172,7 +239,10 @@ impl Decoder {
                 cross_attention.push(probs);
             }
         }
-        Ok(DecoderOutput { hidden: self.finish(xs)?, cross_attention })
+        Ok(DecoderOutput {
+            hidden: self.finish(xs)?,
+            cross_attention,
+        })
     }
 
     /// One incremental step for the tokens at position `offset`.
@@ -188,7 +258,9 @@ impl Decoder {
         caches: &mut [LayerCache],
         src_bias: &Tensor,
     ) -> Result<Tensor> {
-        let mut xs = embed.forward(tokens)?.broadcast_add(&positions.get(offset, 1)?)?; // (b, 1, d)
+        let mut xs = embed
+            .forward(tokens)?
+            .broadcast_add(&positions.get(offset, 1)?)?; // (b, 1, d)
         for (layer, cache) in self.layers.iter().zip(caches.iter_mut()) {
             xs = layer.forward_step(&xs, cache, src_bias)?;
         }

@@ -26,7 +26,9 @@ impl DropoutRng {
     }
 
     fn lock(&self) -> Result<std::sync::MutexGuard<'_, ChaCha8Rng>> {
-        self.0.lock().map_err(|_| candle_core::Error::Msg("dropout rng lock poisoned".into()))
+        self.0
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("dropout rng lock poisoned".into()))
     }
 
     /// A copy of the current state (for checkpoints).
@@ -44,7 +46,9 @@ impl DropoutRng {
     fn mask(&self, n: usize, p: f32) -> Result<Vec<f32>> {
         let keep = 1.0 / (1.0 - p);
         let mut rng = self.lock()?;
-        Ok((0..n).map(|_| if rng.random::<f32>() < p { 0.0 } else { keep }).collect())
+        Ok((0..n)
+            .map(|_| if rng.random::<f32>() < p { 0.0 } else { keep })
+            .collect())
     }
 }
 

@@ -14,8 +14,12 @@ impl TokenEmbedding {
     /// Weights ~ N(0, d_model^-½), so that scaled embeddings have unit variance.
     pub fn new(vocab: usize, d_model: usize, vb: VarBuilder) -> Result<Self> {
         let stdev = (d_model as f64).powf(-0.5);
-        let weight = vb.get_with_hints((vocab, d_model), "weight", Init::Randn { mean: 0.0, stdev })?;
-        Ok(Self { weight, scale: (d_model as f64).sqrt() })
+        let weight =
+            vb.get_with_hints((vocab, d_model), "weight", Init::Randn { mean: 0.0, stdev })?;
+        Ok(Self {
+            weight,
+            scale: (d_model as f64).sqrt(),
+        })
     }
 
     pub fn weight(&self) -> &Tensor {
@@ -50,7 +54,9 @@ impl SinusoidalPositions {
                 data[p * d_model + 2 * i + 1] = angle.cos() as f32;
             }
         }
-        Ok(Self { table: Tensor::from_vec(data, (max_positions, d_model), device)? })
+        Ok(Self {
+            table: Tensor::from_vec(data, (max_positions, d_model), device)?,
+        })
     }
 
     /// Positions `offset .. offset + len` as `(len, d_model)`.

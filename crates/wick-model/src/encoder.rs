@@ -40,9 +40,21 @@ impl EncoderLayer {
     pub fn new(cfg: &TransformerConfig, rng: &DropoutRng, vb: VarBuilder) -> Result<Self> {
         let d = cfg.d_model;
         Ok(Self {
-            self_attn: SelfAttention::new(d, cfg.n_heads, cfg.attention_dropout, rng.clone(), vb.pp("self_attn"))?,
+            self_attn: SelfAttention::new(
+                d,
+                cfg.n_heads,
+                cfg.attention_dropout,
+                rng.clone(),
+                vb.pp("self_attn"),
+            )?,
             self_attn_norm: LayerNorm::new(d, cfg.layer_norm_eps, vb.pp("self_attn_norm"))?,
-            ffn: FeedForward::new(d, cfg.d_ff, cfg.activation_dropout, rng.clone(), vb.pp("ffn"))?,
+            ffn: FeedForward::new(
+                d,
+                cfg.d_ff,
+                cfg.activation_dropout,
+                rng.clone(),
+                vb.pp("ffn"),
+            )?,
             ffn_norm: LayerNorm::new(d, cfg.layer_norm_eps, vb.pp("ffn_norm"))?,
             dropout: Dropout::new(cfg.dropout, rng.clone()),
             norm: cfg.norm,
@@ -52,10 +64,17 @@ impl EncoderLayer {
     /// # Shapes
     /// xs `(b, s, d)`, src_bias `(b, 1, 1, s)` → `(b, s, d)`
     pub fn forward_t(&self, xs: &Tensor, src_bias: &Tensor, train: bool) -> Result<Tensor> {
-        let xs = residual(xs, &self.self_attn_norm, self.norm, &self.dropout, train, |x| {
-            Ok(self.self_attn.forward(x, Some(src_bias), train)?.0)
-        })?;
-        residual(&xs, &self.ffn_norm, self.norm, &self.dropout, train, |x| self.ffn.forward_t(x, train))
+        let xs = residual(
+            xs,
+            &self.self_attn_norm,
+            self.norm,
+            &self.dropout,
+            train,
+            |x| Ok(self.self_attn.forward(x, Some(src_bias), train)?.0),
+        )?;
+        residual(&xs, &self.ffn_norm, self.norm, &self.dropout, train, |x| {
+            self.ffn.forward_t(x, train)
+        })
     }
 }
 
@@ -73,10 +92,18 @@ impl Encoder {
             .map(|i| EncoderLayer::new(cfg, rng, vb.pp("layers").pp(i)))
             .collect::<Result<_>>()?;
         let final_norm = match cfg.norm {
-            NormPosition::Pre => Some(LayerNorm::new(cfg.d_model, cfg.layer_norm_eps, vb.pp("final_norm"))?),
+            NormPosition::Pre => Some(LayerNorm::new(
+                cfg.d_model,
+                cfg.layer_norm_eps,
+                vb.pp("final_norm"),
+            )?),
             NormPosition::Post => None,
         };
-        Ok(Self { layers, final_norm, dropout: Dropout::new(cfg.dropout, rng.clone()) })
+        Ok(Self {
+            layers,
+            final_norm,
+            dropout: Dropout::new(cfg.dropout, rng.clone()),
+        })
     }
 
     /// # Shapes

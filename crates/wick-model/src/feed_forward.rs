@@ -14,7 +14,13 @@ pub struct FeedForward {
 }
 
 impl FeedForward {
-    pub fn new(d_model: usize, d_ff: usize, p: f32, rng: DropoutRng, vb: VarBuilder) -> Result<Self> {
+    pub fn new(
+        d_model: usize,
+        d_ff: usize,
+        p: f32,
+        rng: DropoutRng,
+        vb: VarBuilder,
+    ) -> Result<Self> {
         Ok(Self {
             fc1: Linear::new(d_model, d_ff, true, vb.pp("fc1"))?,
             fc2: Linear::new(d_ff, d_model, true, vb.pp("fc2"))?,

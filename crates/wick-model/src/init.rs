@@ -33,7 +33,10 @@ fn poisoned<T>(_: T) -> candle_core::Error {
 
 impl ParamStore {
     pub fn new(seed: u64) -> Self {
-        Self { vars: Arc::default(), seed }
+        Self {
+            vars: Arc::default(),
+            seed,
+        }
     }
 
     /// A `VarBuilder` that creates (or returns already created) parameters in this store.
@@ -90,14 +93,18 @@ impl ParamStore {
 
     /// The parameters as plain tensors, by name (for saving).
     pub fn tensors(&self) -> BTreeMap<String, Tensor> {
-        self.vars().into_iter().map(|(k, v)| (k, v.as_tensor().clone())).collect()
+        self.vars()
+            .into_iter()
+            .map(|(k, v)| (k, v.as_tensor().clone()))
+            .collect()
     }
 }
 
 /// A 64-bit FNV-1a hash, used to key each parameter's random stream by its name.
 fn name_hash(name: &str) -> u64 {
-    name.bytes()
-        .fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3))
+    name.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 fn sample(init: Init, n: usize, rng: &mut ChaCha8Rng) -> Result<Vec<f32>> {
@@ -120,14 +127,7 @@ fn sample(init: Init, n: usize, rng: &mut ChaCha8Rng) -> Result<Vec<f32>> {
 }
 
 impl SimpleBackend for ParamStore {
-    fn get(
-        &self,
-        s: Shape,
-        name: &str,
-        h: Init,
-        dtype: DType,
-        dev: &Device,
-    ) -> Result<Tensor> {
+    fn get(&self, s: Shape, name: &str, h: Init, dtype: DType, dev: &Device) -> Result<Tensor> {
         let mut vars = self.vars.lock().map_err(poisoned)?;
         if let Some(v) = vars.get(name) {
             if v.shape() != &s {
@@ -156,7 +156,10 @@ impl SimpleBackend for ParamStore {
     }
 
     fn contains_tensor(&self, name: &str) -> bool {
-        self.vars.lock().map(|v| v.contains_key(name)).unwrap_or(false)
+        self.vars
+            .lock()
+            .map(|v| v.contains_key(name))
+            .unwrap_or(false)
     }
 }
 

@@ -23,7 +23,7 @@ pub mod search;
 pub mod seq2seq;
 pub mod transformer;
 
-pub use config::{NormPosition, Tying, TransformerConfig, VocabSizes};
+pub use config::{NormPosition, TransformerConfig, Tying, VocabSizes};
 pub use dropout::DropoutRng;
 pub use init::ParamStore;
 pub use seq2seq::{Memory, Seq2Seq};

@@ -16,7 +16,11 @@ pub struct Linear {
 impl Linear {
     pub fn new(d_in: usize, d_out: usize, bias: bool, vb: VarBuilder) -> Result<Self> {
         let weight = vb.get_with_hints((d_out, d_in), "weight", xavier_uniform(d_in, d_out))?;
-        let bias = if bias { Some(vb.get_with_hints(d_out, "bias", Init::Const(0.0))?) } else { None };
+        let bias = if bias {
+            Some(vb.get_with_hints(d_out, "bias", Init::Const(0.0))?)
+        } else {
+            None
+        };
         Ok(Self { weight, bias })
     }
 

@@ -33,6 +33,9 @@ impl LayerNorm {
         let centred = xs.broadcast_sub(&mean)?;
         let var = centred.sqr()?.mean_keepdim(D::Minus1)?;
         let inv_std = (var + self.eps)?.sqrt()?.recip()?;
-        centred.broadcast_mul(&inv_std)?.broadcast_mul(&self.weight)?.broadcast_add(&self.bias)
+        centred
+            .broadcast_mul(&inv_std)?
+            .broadcast_mul(&self.weight)?
+            .broadcast_add(&self.bias)
     }
 }

@@ -16,7 +16,12 @@ pub struct SpecialIds {
 /// `max_len[i]` bounds the number of tokens generated for sentence `i` (not counting `</s>`).
 /// Returns the generated ids without `<s>` and `</s>`. Sentences that finish early stop
 /// contributing output; the batch stops as soon as all are done.
-pub fn greedy<M: Seq2Seq>(model: &M, memory: &Memory, ids: SpecialIds, max_len: &[usize]) -> Result<Vec<Vec<u32>>> {
+pub fn greedy<M: Seq2Seq>(
+    model: &M,
+    memory: &Memory,
+    ids: SpecialIds,
+    max_len: &[usize],
+) -> Result<Vec<Vec<u32>>> {
     let b = memory.batch_size()?;
     if max_len.len() != b {
         candle_core::bail!("greedy: {} length limits for a batch of {b}", max_len.len())

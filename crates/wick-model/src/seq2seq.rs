@@ -54,7 +54,12 @@ pub trait Seq2Seq {
     ///
     /// # Shapes
     /// tokens `(b, 1)` u32 → logits `(b, V)`.
-    fn decode_step(&self, memory: &Memory, tokens: &Tensor, cache: &mut Self::Cache) -> Result<Tensor>;
+    fn decode_step(
+        &self,
+        memory: &Memory,
+        tokens: &Tensor,
+        cache: &mut Self::Cache,
+    ) -> Result<Tensor>;
 
     /// Keeps (and reorders, or repeats) batch rows `indices` of a cache.
     fn select_cache(&self, cache: &Self::Cache, indices: &Tensor) -> Result<Self::Cache>;

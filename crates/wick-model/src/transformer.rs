@@ -3,7 +3,7 @@
 use candle_core::{Device, Result, Tensor};
 use candle_nn::{Init, VarBuilder};
 
-use crate::config::{Tying, TransformerConfig, VocabSizes};
+use crate::config::{TransformerConfig, Tying, VocabSizes};
 use crate::decoder::{Decoder, LayerCache};
 use crate::dropout::DropoutRng;
 use crate::embedding::{SinusoidalPositions, TokenEmbedding};
@@ -36,7 +36,12 @@ pub struct TransformerCache {
 impl Transformer {
     /// Builds the model; parameter names follow the module tree
     /// (`encoder.layers.0.ffn.fc1.weight`, `tgt_embed.weight`, …).
-    pub fn new(cfg: &TransformerConfig, vocab: VocabSizes, dropout_rng: DropoutRng, vb: VarBuilder) -> Result<Self> {
+    pub fn new(
+        cfg: &TransformerConfig,
+        vocab: VocabSizes,
+        dropout_rng: DropoutRng,
+        vb: VarBuilder,
+    ) -> Result<Self> {
         cfg.validate(vocab)?;
         let d = cfg.d_model;
         let (src_embed, tgt_embed) = match cfg.tie_embeddings {
@@ -53,7 +58,10 @@ impl Transformer {
             Tying::None => vb.pp("output_proj").get_with_hints(
                 (vocab.tgt, d),
                 "weight",
-                Init::Randn { mean: 0.0, stdev: (d as f64).powf(-0.5) },
+                Init::Randn {
+                    mean: 0.0,
+                    stdev: (d as f64).powf(-0.5),
+                },
             )?,
             _ => tgt_embed.weight().clone(),
         };
@@ -91,7 +99,9 @@ impl Transformer {
     /// hidden `(b, t, d)` → logits `(b, t, V)`.
     pub fn project(&self, hidden: &Tensor) -> Result<Tensor> {
         let (b, t, d) = hidden.dims3()?;
-        let logits = hidden.reshape((b * t, d))?.matmul(&self.output_weight.t()?)?; // (b·t, V)
+        let logits = hidden
+            .reshape((b * t, d))?
+            .matmul(&self.output_weight.t()?)?; // (b·t, V)
         logits.reshape((b, t, self.vocab.tgt))
     }
 
@@ -109,11 +119,21 @@ impl Seq2Seq for Transformer {
     fn encode(&self, src: &Tensor, src_mask: &Tensor, train: bool) -> Result<Memory> {
         self.check_ids("src", src)?;
         if src.dims() != src_mask.dims() {
-            candle_core::bail!("src {:?} and src_mask {:?} differ in shape", src.dims(), src_mask.dims())
+            candle_core::bail!(
+                "src {:?} and src_mask {:?} differ in shape",
+                src.dims(),
+                src_mask.dims()
+            )
         }
         let src_bias = key_padding_bias(src_mask)?; // (b, 1, 1, s)
-        let states = self.encoder.forward_t(&self.src_embed, &self.positions, src, &src_bias, train)?;
-        Ok(Memory { states, src_mask: src_mask.clone(), src_bias })
+        let states =
+            self.encoder
+                .forward_t(&self.src_embed, &self.positions, src, &src_bias, train)?;
+        Ok(Memory {
+            states,
+            src_mask: src_mask.clone(),
+            src_bias,
+        })
     }
 
     fn forward_t(&self, memory: &Memory, tgt_in: &Tensor, train: bool) -> Result<Tensor> {
@@ -148,15 +168,28 @@ impl Seq2Seq for Transformer {
             .decoder
             .layers()
             .iter()
-            .map(|l| Ok(LayerCache { self_kv: None, memory_kv: l.memory_kv(&memory.states)? }))
+            .map(|l| {
+                Ok(LayerCache {
+                    self_kv: None,
+                    memory_kv: l.memory_kv(&memory.states)?,
+                })
+            })
             .collect::<Result<_>>()?;
         Ok(TransformerCache { layers, offset: 0 })
     }
 
-    fn decode_step(&self, memory: &Memory, tokens: &Tensor, cache: &mut Self::Cache) -> Result<Tensor> {
+    fn decode_step(
+        &self,
+        memory: &Memory,
+        tokens: &Tensor,
+        cache: &mut Self::Cache,
+    ) -> Result<Tensor> {
         let (b, one) = tokens.dims2()?;
         if one != 1 {
-            candle_core::bail!("decode_step takes one token per sentence, got {:?}", tokens.dims())
+            candle_core::bail!(
+                "decode_step takes one token per sentence, got {:?}",
+                tokens.dims()
+            )
         }
         let hidden = self.decoder.forward_step(
             &self.tgt_embed,
@@ -172,7 +205,11 @@ impl Seq2Seq for Transformer {
 
     fn select_cache(&self, cache: &Self::Cache, indices: &Tensor) -> Result<Self::Cache> {
         Ok(TransformerCache {
-            layers: cache.layers.iter().map(|l| l.index_select(indices)).collect::<Result<_>>()?,
+            layers: cache
+                .layers
+                .iter()
+                .map(|l| l.index_select(indices))
+                .collect::<Result<_>>()?,
             offset: cache.offset,
         })
     }

@@ -7,7 +7,10 @@ use candle_core::{DType, Device, Tensor};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
-use wick_model::{DropoutRng, NormPosition, ParamStore, Seq2Seq, Transformer, TransformerConfig, Tying, VocabSizes};
+use wick_model::{
+    DropoutRng, NormPosition, ParamStore, Seq2Seq, Transformer, TransformerConfig, Tying,
+    VocabSizes,
+};
 
 use crate::loss::label_smoothed_cross_entropy;
 use crate::optim::AdamW;
@@ -83,19 +86,34 @@ pub fn forward_flops(cfg: &TransformerConfig, vocab: usize, b: usize, s: usize, 
     let (d, ff) = (cfg.d_model as f64, cfg.d_ff as f64);
     let (b, s, t, v) = (b as f64, s as f64, t as f64, vocab as f64);
     let enc = 2.0 * b * s * (4.0 * d * d + 2.0 * d * ff) + 4.0 * b * s * s * d;
-    let dec = 2.0 * b * t * (4.0 * d * d + 2.0 * d * d + 2.0 * d * ff) + 2.0 * b * s * 2.0 * d * d + 4.0 * b * t * t * d + 4.0 * b * t * s * d;
+    let dec = 2.0 * b * t * (4.0 * d * d + 2.0 * d * d + 2.0 * d * ff)
+        + 2.0 * b * s * 2.0 * d * d
+        + 4.0 * b * t * t * d
+        + 4.0 * b * t * s * d;
     cfg.encoder_layers as f64 * enc + cfg.decoder_layers as f64 * dec + 2.0 * b * t * d * v
 }
 
 pub fn bench_train(req: BenchRequest) -> Result<BenchReport> {
     let rss_before = memory_mb().1;
-    let vocab = VocabSizes { src: req.vocab, tgt: req.vocab };
+    let vocab = VocabSizes {
+        src: req.vocab,
+        tgt: req.vocab,
+    };
     let store = ParamStore::new(1);
-    let model = Transformer::new(&req.model, vocab, DropoutRng::new(2), store.var_builder(DType::F32, &req.device))?;
+    let model = Transformer::new(
+        &req.model,
+        vocab,
+        DropoutRng::new(2),
+        store.var_builder(DType::F32, &req.device),
+    )?;
     let mut opt = AdamW::new(store.vars(), 0.9, 0.98, 1e-9, 0.0)?;
     let mut rng = ChaCha8Rng::seed_from_u64(3);
     let (b, s, t) = (req.batch_size, req.src_len, req.tgt_len);
-    let mut ids = |n: usize| -> Vec<u32> { (0..n).map(|_| rng.random_range(4..req.vocab as u32)).collect() };
+    let mut ids = |n: usize| -> Vec<u32> {
+        (0..n)
+            .map(|_| rng.random_range(4..req.vocab as u32))
+            .collect()
+    };
     let src = Tensor::from_vec(ids(b * s), (b, s), &req.device)?;
     let tgt_in = Tensor::from_vec(ids(b * t), (b, t), &req.device)?;
     let tgt_out = Tensor::from_vec(ids(b * t), (b, t), &req.device)?;

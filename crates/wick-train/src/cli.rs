@@ -174,19 +174,39 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
     }
     let (config, source, name) = match &a.config {
         Some(path) => {
-            let name = path.file_stem().and_then(|s| s.to_str()).unwrap_or("run").to_string();
-            (Config::load(path, &overrides)?, path.display().to_string(), name)
+            let name = path
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .unwrap_or("run")
+                .to_string();
+            (
+                Config::load(path, &overrides)?,
+                path.display().to_string(),
+                name,
+            )
         }
         None => (
-            Config::from_toml(EMBEDDED_DEFAULT, Path::new("<embedded configs/toy.toml>"), &overrides)?,
+            Config::from_toml(
+                EMBEDDED_DEFAULT,
+                Path::new("<embedded configs/toy.toml>"),
+                &overrides,
+            )?,
             "embedded default (configs/toy.toml)".to_string(),
             "toy".to_string(),
         ),
     };
     let device = parse_device(&a.device)?;
-    let run_dir = a.run_dir.clone().unwrap_or_else(|| fresh_run_dir(Path::new("runs"), &name));
+    let run_dir = a
+        .run_dir
+        .clone()
+        .unwrap_or_else(|| fresh_run_dir(Path::new("runs"), &name));
     eprintln!("run directory: {}", run_dir.display());
-    let summary = train(TrainRequest { config: config.clone(), config_source: source, run_dir: run_dir.clone(), device: device.clone() })?;
+    let summary = train(TrainRequest {
+        config: config.clone(),
+        config_source: source,
+        run_dir: run_dir.clone(),
+        device: device.clone(),
+    })?;
     eprintln!(
         "trained {} steps ({} epochs) in {:.0}s, {:.0} target tokens/s, peak memory {:.0} MB; {}",
         summary.steps,
@@ -197,15 +217,32 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
         summary.stop_reason
     );
     if let Some(b) = summary.best_dev_bleu {
-        eprintln!("best dev BLEU {b:.2} at step {}", summary.best_step.unwrap_or(0));
+        eprintln!(
+            "best dev BLEU {b:.2} at step {}",
+            summary.best_step.unwrap_or(0)
+        );
     }
     // Final report on the test split with the best checkpoint, as `wick evaluate` would.
     let run = Run::open(&run_dir)?;
     let has_test = config.data.test.is_some() || config.data.synthetic.is_some();
     if has_test {
-        let report = evaluate(EvalRequest { run: &run, which: Which::Best, split: Split::Test, src_ref: None, output: None, device: &device })?;
-        println!("test ({} sentences, best checkpoint): {}", report.n_sentences, report.bleu_detail);
-        println!("  chrF2 = {:.2}   exact match {:.1}%", report.chrf, 100.0 * report.exact_match);
+        let report = evaluate(EvalRequest {
+            run: &run,
+            which: Which::Best,
+            split: Split::Test,
+            src_ref: None,
+            output: None,
+            device: &device,
+        })?;
+        println!(
+            "test ({} sentences, best checkpoint): {}",
+            report.n_sentences, report.bleu_detail
+        );
+        println!(
+            "  chrF2 = {:.2}   exact match {:.1}%",
+            report.chrf,
+            100.0 * report.exact_match
+        );
         println!("  {}", report.signature);
         println!("  translations: {}", report.hyp_file.display());
         if a.samples > 0 {
@@ -226,16 +263,31 @@ fn cmd_evaluate(a: EvaluateArgs) -> Result<()> {
     let device = parse_device(&a.run.device)?;
     let run = Run::open(&a.run.run)?;
     let src_ref = a.src.zip(a.reference);
-    let report = evaluate(EvalRequest { run: &run, which: a.run.checkpoint, split: a.split, src_ref, output: a.output, device: &device })?;
+    let report = evaluate(EvalRequest {
+        run: &run,
+        which: a.run.checkpoint,
+        split: a.split,
+        src_ref,
+        output: a.output,
+        device: &device,
+    })?;
     if a.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
         println!("{}", report.bleu_detail);
         println!("chrF2 = {:.2}", report.chrf);
-        println!("exact match = {:.2}% of {} sentences", 100.0 * report.exact_match, report.n_sentences);
+        println!(
+            "exact match = {:.2}% of {} sentences",
+            100.0 * report.exact_match,
+            report.n_sentences
+        );
         println!("{}", report.bleu_signature);
         println!("{}", report.chrf_signature);
-        println!("translations: {} ({:.1} sentences/s)", report.hyp_file.display(), report.sentences_per_s);
+        println!(
+            "translations: {} ({:.1} sentences/s)",
+            report.hyp_file.display(),
+            report.sentences_per_s
+        );
     }
     Ok(())
 }
@@ -279,7 +331,13 @@ fn cmd_score(a: ScoreArgs) -> Result<()> {
     for r in &a.refs {
         let lines = wick_data::corpus::read_lines(r)?;
         if lines.len() != hyps.len() {
-            bail!("{} has {} lines but the hypothesis file {} has {}", r.display(), lines.len(), a.hyp.display(), hyps.len())
+            bail!(
+                "{} has {} lines but the hypothesis file {} has {}",
+                r.display(),
+                lines.len(),
+                a.hyp.display(),
+                hyps.len()
+            )
         }
         refs.push(lines);
     }
@@ -287,9 +345,20 @@ fn cmd_score(a: ScoreArgs) -> Result<()> {
     for m in &a.metrics {
         match m.trim().to_ascii_lowercase().as_str() {
             "bleu" => {
-                let s = corpus_bleu(&hyps, &refs, BleuOptions { tokenize: a.tokenize, lowercase: a.lowercase });
+                let s = corpus_bleu(
+                    &hyps,
+                    &refs,
+                    BleuOptions {
+                        tokenize: a.tokenize,
+                        lowercase: a.lowercase,
+                    },
+                );
                 if !a.json {
-                    println!("{} = {}", s.signature, s.format().trim_start_matches("BLEU = "));
+                    println!(
+                        "{} = {}",
+                        s.signature,
+                        s.format().trim_start_matches("BLEU = ")
+                    );
                 }
                 json.insert("bleu".into(), s.score.into());
                 json.insert("bleu_signature".into(), s.signature.clone().into());
@@ -301,7 +370,15 @@ fn cmd_score(a: ScoreArgs) -> Result<()> {
             }
             name @ ("chrf" | "chrf++") => {
                 let word_order = if name == "chrf++" { 2 } else { 0 };
-                let s = corpus_chrf(&hyps, &refs, ChrfOptions { word_order, lowercase: a.lowercase, ..Default::default() });
+                let s = corpus_chrf(
+                    &hyps,
+                    &refs,
+                    ChrfOptions {
+                        word_order,
+                        lowercase: a.lowercase,
+                        ..Default::default()
+                    },
+                );
                 if !a.json {
                     println!("{} = {:.2}", s.signature, s.score);
                 }

@@ -17,7 +17,10 @@ pub const EMBEDDED_DEFAULT: &str = include_str!("../../../configs/toy.toml");
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config {}: {source}", path.display())]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("config {}: {message}", path.display())]
     Parse { path: PathBuf, message: String },
     #[error("--set {text}: {message}")]
@@ -27,7 +30,10 @@ pub enum ConfigError {
 }
 
 fn invalid(key: &str, message: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid { key: key.to_string(), message: message.into() }
+    ConfigError::Invalid {
+        key: key.to_string(),
+        message: message.into(),
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -177,14 +183,23 @@ pub struct DecodeConfig {
 
 impl Default for DecodeConfig {
     fn default() -> Self {
-        Self { max_len_a: 1.5, max_len_b: 10, batch_tokens: 6000 }
+        Self {
+            max_len_a: 1.5,
+            max_len_b: 10,
+            batch_tokens: 6000,
+        }
     }
 }
 
 /// Sets `path` (dotted) in a TOML table, creating tables on the way.
 fn set_path(table: &mut toml::Table, text: &str) -> Result<(), ConfigError> {
-    let err = |message: &str| ConfigError::Override { text: text.to_string(), message: message.to_string() };
-    let (key, raw) = text.split_once('=').ok_or_else(|| err("expected KEY=VALUE"))?;
+    let err = |message: &str| ConfigError::Override {
+        text: text.to_string(),
+        message: message.to_string(),
+    };
+    let (key, raw) = text
+        .split_once('=')
+        .ok_or_else(|| err("expected KEY=VALUE"))?;
     let key = key.trim();
     let raw = raw.trim();
     if key.is_empty() {
@@ -199,8 +214,12 @@ fn set_path(table: &mut toml::Table, text: &str) -> Result<(), ConfigError> {
     let parts: Vec<&str> = key.split('.').collect();
     let mut cur = table;
     for part in &parts[..parts.len() - 1] {
-        let entry = cur.entry(part.to_string()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
-        cur = entry.as_table_mut().ok_or_else(|| err(&format!("`{part}` is not a table")))?;
+        let entry = cur
+            .entry(part.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        cur = entry
+            .as_table_mut()
+            .ok_or_else(|| err(&format!("`{part}` is not a table")))?;
     }
     cur.insert(parts[parts.len() - 1].to_string(), value);
     Ok(())
@@ -209,7 +228,10 @@ fn set_path(table: &mut toml::Table, text: &str) -> Result<(), ConfigError> {
 impl Config {
     /// Parses TOML text (`origin` names it in errors) and applies `--set` overrides.
     pub fn from_toml(text: &str, origin: &Path, overrides: &[String]) -> Result<Self, ConfigError> {
-        let parse_err = |e: toml::de::Error| ConfigError::Parse { path: origin.to_path_buf(), message: e.to_string() };
+        let parse_err = |e: toml::de::Error| ConfigError::Parse {
+            path: origin.to_path_buf(),
+            message: e.to_string(),
+        };
         // Typed once from the text alone so errors in the file point at its lines.
         let cfg: Config = toml::from_str(text).map_err(parse_err)?;
         if overrides.is_empty() {
@@ -220,16 +242,21 @@ impl Config {
         for o in overrides {
             set_path(&mut table, o)?;
         }
-        let cfg: Config = toml::Value::Table(table).try_into().map_err(|e: toml::de::Error| ConfigError::Override {
-            text: overrides.join(" "),
-            message: e.message().to_string(),
-        })?;
+        let cfg: Config = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Override {
+                text: overrides.join(" "),
+                message: e.message().to_string(),
+            })?;
         cfg.validate()?;
         Ok(cfg)
     }
 
     pub fn load(path: &Path, overrides: &[String]) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
         Self::from_toml(&text, path, overrides)
     }
 
@@ -240,36 +267,69 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let d = &self.data;
         match (&d.synthetic, &d.train) {
-            (None, None) => return Err(invalid("data.train", "no training data: set data.train or [data.synthetic]")),
-            (Some(_), Some(_)) => return Err(invalid("data.synthetic", "give either data.train files or [data.synthetic], not both")),
-            (Some(s), None) => s.validate().map_err(|e| invalid("data.synthetic", e.to_string()))?,
+            (None, None) => {
+                return Err(invalid(
+                    "data.train",
+                    "no training data: set data.train or [data.synthetic]",
+                ));
+            }
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    "data.synthetic",
+                    "give either data.train files or [data.synthetic], not both",
+                ));
+            }
+            (Some(s), None) => s
+                .validate()
+                .map_err(|e| invalid("data.synthetic", e.to_string()))?,
             (None, Some(_)) => {
                 if d.dev.is_none() {
-                    return Err(invalid("data.dev", "a dev split is needed for validation and early stopping"));
+                    return Err(invalid(
+                        "data.dev",
+                        "a dev split is needed for validation and early stopping",
+                    ));
                 }
             }
         }
         if d.vocab_size < 300 {
-            return Err(invalid("data.vocab_size", format!("must be at least 300 (256 byte tokens + 4 specials + merges), got {}", d.vocab_size)));
+            return Err(invalid(
+                "data.vocab_size",
+                format!(
+                    "must be at least 300 (256 byte tokens + 4 specials + merges), got {}",
+                    d.vocab_size
+                ),
+            ));
         }
         if d.max_len == 0 {
             return Err(invalid("data.max_len", "must be positive"));
         }
         let m = &self.model;
         if m.d_model == 0 || m.n_heads == 0 {
-            return Err(invalid("model.d_model", "d_model and n_heads must be positive"));
+            return Err(invalid(
+                "model.d_model",
+                "d_model and n_heads must be positive",
+            ));
         }
         if m.d_model % m.n_heads != 0 {
             return Err(invalid(
                 "model.d_model",
-                format!("{} must be divisible by model.n_heads = {}", m.d_model, m.n_heads),
+                format!(
+                    "{} must be divisible by model.n_heads = {}",
+                    m.d_model, m.n_heads
+                ),
             ));
         }
         if m.d_model % 2 != 0 {
-            return Err(invalid("model.d_model", format!("must be even (sinusoidal positions), got {}", m.d_model)));
+            return Err(invalid(
+                "model.d_model",
+                format!("must be even (sinusoidal positions), got {}", m.d_model),
+            ));
         }
         if m.d_ff == 0 || m.encoder_layers == 0 || m.decoder_layers == 0 {
-            return Err(invalid("model.d_ff", "d_ff, encoder_layers and decoder_layers must be positive"));
+            return Err(invalid(
+                "model.d_ff",
+                "d_ff, encoder_layers and decoder_layers must be positive",
+            ));
         }
         for (key, p) in [
             ("model.dropout", m.dropout),
@@ -281,22 +341,34 @@ impl Config {
             }
         }
         if m.tie_embeddings == wick_model::Tying::All && !d.joint_vocab {
-            return Err(invalid("model.tie_embeddings", "\"all\" needs data.joint_vocab = true"));
+            return Err(invalid(
+                "model.tie_embeddings",
+                "\"all\" needs data.joint_vocab = true",
+            ));
         }
         if m.max_positions < d.max_len + 2 {
             return Err(invalid(
                 "model.max_positions",
-                format!("{} is too small for data.max_len = {} (needs max_len + 2)", m.max_positions, d.max_len),
+                format!(
+                    "{} is too small for data.max_len = {} (needs max_len + 2)",
+                    m.max_positions, d.max_len
+                ),
             ));
         }
         let t = &self.train;
         if t.max_steps == 0 && t.max_epochs == 0 && t.max_minutes <= 0.0 {
-            return Err(invalid("train.max_steps", "no stopping rule: set train.max_steps, train.max_epochs or train.max_minutes"));
+            return Err(invalid(
+                "train.max_steps",
+                "no stopping rule: set train.max_steps, train.max_epochs or train.max_minutes",
+            ));
         }
         if t.batch_tokens < d.max_len + 1 {
             return Err(invalid(
                 "train.batch_tokens",
-                format!("{} cannot hold one pair of data.max_len = {} tokens", t.batch_tokens, d.max_len),
+                format!(
+                    "{} cannot hold one pair of data.max_len = {} tokens",
+                    t.batch_tokens, d.max_len
+                ),
             ));
         }
         if t.max_sentences == 0 {
@@ -306,16 +378,25 @@ impl Config {
             return Err(invalid("train.accumulate", "must be at least 1"));
         }
         if !(t.lr > 0.0 && t.lr.is_finite()) {
-            return Err(invalid("train.lr", format!("must be a positive number, got {}", t.lr)));
+            return Err(invalid(
+                "train.lr",
+                format!("must be a positive number, got {}", t.lr),
+            ));
         }
         if !(0.0..1.0).contains(&t.adam_beta1) || !(0.0..1.0).contains(&t.adam_beta2) {
             return Err(invalid("train.adam_beta1", "Adam betas must be in [0, 1)"));
         }
         if !(0.0..1.0).contains(&t.label_smoothing) {
-            return Err(invalid("train.label_smoothing", format!("must be in [0, 1), got {}", t.label_smoothing)));
+            return Err(invalid(
+                "train.label_smoothing",
+                format!("must be in [0, 1), got {}", t.label_smoothing),
+            ));
         }
         if t.clip_norm < 0.0 || t.weight_decay < 0.0 || t.adam_eps <= 0.0 {
-            return Err(invalid("train.clip_norm", "clip_norm and weight_decay must be >= 0, adam_eps > 0"));
+            return Err(invalid(
+                "train.clip_norm",
+                "clip_norm and weight_decay must be >= 0, adam_eps > 0",
+            ));
         }
         if t.log_every == 0 {
             return Err(invalid("train.log_every", "must be positive"));

@@ -6,8 +6,8 @@ use std::time::Instant;
 use anyhow::{Result, bail};
 use candle_core::Device;
 use serde::Serialize;
-use wick_data::corpus::read_lines;
 use wick_data::Pair;
+use wick_data::corpus::read_lines;
 
 use crate::metrics::{BleuOptions, ChrfOptions, corpus_bleu, corpus_chrf};
 use crate::prepare::{Split, load_split};
@@ -46,9 +46,18 @@ fn pairs_from_files(src: &Path, reference: &Path) -> Result<Vec<Pair>> {
     let s = read_lines(src)?;
     let r = read_lines(reference)?;
     if s.len() != r.len() {
-        bail!("{} has {} lines but {} has {}", src.display(), s.len(), reference.display(), r.len())
+        bail!(
+            "{} has {} lines but {} has {}",
+            src.display(),
+            s.len(),
+            reference.display(),
+            r.len()
+        )
     }
-    Ok(s.into_iter().zip(r).map(|(src, tgt)| Pair { src, tgt }).collect())
+    Ok(s.into_iter()
+        .zip(r)
+        .map(|(src, tgt)| Pair { src, tgt })
+        .collect())
 }
 
 pub fn evaluate(req: EvalRequest) -> Result<EvalReport> {
@@ -68,13 +77,21 @@ pub fn evaluate(req: EvalRequest) -> Result<EvalReport> {
     let refs = vec![pairs.iter().map(|p| p.tgt.clone()).collect::<Vec<_>>()];
     let bleu = corpus_bleu(&hyps, &refs, BleuOptions::default());
     let chrf = corpus_chrf(&hyps, &refs, ChrfOptions::default());
-    let exact = hyps.iter().zip(&refs[0]).filter(|(h, r)| h == r).count() as f64 / hyps.len() as f64;
+    let exact =
+        hyps.iter().zip(&refs[0]).filter(|(h, r)| h == r).count() as f64 / hyps.len() as f64;
     let hyp_file = req.output.clone().unwrap_or_else(|| {
-        let name = if req.src_ref.is_some() { "files" } else { req.split.name() };
-        run.dir.join(format!("hyp.{name}.{}.txt", match req.which {
-            Which::Best => "best",
-            Which::Last => "last",
-        }))
+        let name = if req.src_ref.is_some() {
+            "files"
+        } else {
+            req.split.name()
+        };
+        run.dir.join(format!(
+            "hyp.{name}.{}.txt",
+            match req.which {
+                Which::Best => "best",
+                Which::Last => "last",
+            }
+        ))
     });
     let mut text = hyps.join("\n");
     text.push('\n');

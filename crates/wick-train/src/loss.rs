@@ -20,10 +20,20 @@ pub struct LossSums {
 
 /// # Shapes
 /// logits `(b, t, V)`, target `(b, t)` u32, mask `(b, t)` f32 → scalars.
-pub fn label_smoothed_cross_entropy(logits: &Tensor, target: &Tensor, mask: &Tensor, epsilon: f64) -> Result<LossSums> {
+pub fn label_smoothed_cross_entropy(
+    logits: &Tensor,
+    target: &Tensor,
+    mask: &Tensor,
+    epsilon: f64,
+) -> Result<LossSums> {
     let (b, t, v) = logits.dims3()?;
     if target.dims() != [b, t] || mask.dims() != [b, t] {
-        candle_core::bail!("loss: logits {:?} do not match target {:?} / mask {:?}", logits.dims(), target.dims(), mask.dims())
+        candle_core::bail!(
+            "loss: logits {:?} do not match target {:?} / mask {:?}",
+            logits.dims(),
+            target.dims(),
+            mask.dims()
+        )
     }
     let n = b * t;
     let logits = logits.reshape((n, v))?; // (n, V)
@@ -39,7 +49,15 @@ pub fn label_smoothed_cross_entropy(logits: &Tensor, target: &Tensor, mask: &Ten
     };
     let smoothed = (per_token * &mask)?.sum_all()?;
     let nll_sum = (nll.detach() * &mask)?.sum_all()?;
-    let hits = logits.detach().argmax(D::Minus1)?.eq(&target.squeeze(1)?)?.to_dtype(mask.dtype())?;
+    let hits = logits
+        .detach()
+        .argmax(D::Minus1)?
+        .eq(&target.squeeze(1)?)?
+        .to_dtype(mask.dtype())?;
     let correct = (hits * &mask)?.sum_all()?;
-    Ok(LossSums { smoothed, nll: nll_sum, correct })
+    Ok(LossSums {
+        smoothed,
+        nll: nll_sum,
+        correct,
+    })
 }

@@ -63,7 +63,11 @@ static RE_13A: LazyLock<[(Regex, &'static str); 4]> = LazyLock::new(|| {
 });
 
 static RE_INTL: LazyLock<[(Regex, &'static str); 3]> = LazyLock::new(|| {
-    [(re(r"(\P{N})(\p{P})"), "$1 $2 "), (re(r"(\p{P})(\P{N})"), " $1 $2"), (re(r"(\p{S})"), " $1 ")]
+    [
+        (re(r"(\P{N})(\p{P})"), "$1 $2 "),
+        (re(r"(\p{P})(\P{N})"), " $1 $2"),
+        (re(r"(\p{S})"), " $1 "),
+    ]
 });
 
 fn apply(rules: &[(Regex, &str)], line: &str) -> String {
@@ -81,9 +85,16 @@ pub fn tokenize(tok: BleuTokenizer, line: &str) -> String {
         BleuTokenizer::Char => line.chars().map(String::from).collect::<Vec<_>>().join(" "),
         BleuTokenizer::Intl => apply(&*RE_INTL, line),
         BleuTokenizer::Thirteen => {
-            let mut s = line.replace("<skipped>", "").replace("-\n", "").replace('\n', " ");
+            let mut s = line
+                .replace("<skipped>", "")
+                .replace("-\n", "")
+                .replace('\n', " ");
             if s.contains('&') {
-                s = s.replace("&quot;", "\"").replace("&amp;", "&").replace("&lt;", "<").replace("&gt;", ">");
+                s = s
+                    .replace("&quot;", "\"")
+                    .replace("&amp;", "&")
+                    .replace("&lt;", "<")
+                    .replace("&gt;", ">");
             }
             apply(&*RE_13A, &format!(" {s} "))
         }
@@ -92,7 +103,8 @@ pub fn tokenize(tok: BleuTokenizer, line: &str) -> String {
 
 /// Python's `str.split()`.
 fn py_split(s: &str) -> impl Iterator<Item = &str> {
-    s.split(|c: char| c.is_whitespace() || ('\u{1c}'..='\u{1f}').contains(&c)).filter(|w| !w.is_empty())
+    s.split(|c: char| c.is_whitespace() || ('\u{1c}'..='\u{1f}').contains(&c))
+        .filter(|w| !w.is_empty())
 }
 
 fn word_ngrams<'a>(tokens: &[&'a str], n: usize) -> HashMap<Vec<&'a str>, usize> {
@@ -114,7 +126,10 @@ pub struct BleuOptions {
 
 impl Default for BleuOptions {
     fn default() -> Self {
-        Self { tokenize: BleuTokenizer::Thirteen, lowercase: false }
+        Self {
+            tokenize: BleuTokenizer::Thirteen,
+            lowercase: false,
+        }
     }
 }
 
@@ -132,8 +147,17 @@ pub struct BleuScore {
 impl BleuScore {
     /// sacreBLEU's text line: `BLEU = 58.56 94.4/80.0/58.3/33.3 (BP = 0.946 …)`.
     pub fn format(&self) -> String {
-        let p = self.precisions.iter().map(|p| format!("{p:.1}")).collect::<Vec<_>>().join("/");
-        let ratio = if self.ref_len > 0 { self.hyp_len as f64 / self.ref_len as f64 } else { 0.0 };
+        let p = self
+            .precisions
+            .iter()
+            .map(|p| format!("{p:.1}"))
+            .collect::<Vec<_>>()
+            .join("/");
+        let ratio = if self.ref_len > 0 {
+            self.hyp_len as f64 / self.ref_len as f64
+        } else {
+            0.0
+        };
         format!(
             "BLEU = {:.2} {p} (BP = {:.3} ratio = {ratio:.3} hyp_len = {} ref_len = {})",
             self.score, self.brevity_penalty, self.hyp_len, self.ref_len
@@ -162,7 +186,11 @@ impl std::ops::AddAssign for BleuStats {
 }
 
 fn preprocess(opts: BleuOptions, s: &str) -> String {
-    let s = if opts.lowercase { s.to_lowercase() } else { s.to_string() };
+    let s = if opts.lowercase {
+        s.to_lowercase()
+    } else {
+        s.to_string()
+    };
     tokenize(opts.tokenize, s.trim_end())
 }
 
@@ -194,11 +222,18 @@ pub fn bleu_segment(opts: BleuOptions, hyp: &str, refs: &[&str]) -> BleuStats {
             ref_len = l;
         }
     }
-    let mut stats = BleuStats { hyp_len, ref_len, ..Default::default() };
+    let mut stats = BleuStats {
+        hyp_len,
+        ref_len,
+        ..Default::default()
+    };
     for n in 0..4 {
         let hyp_counts = word_ngrams(&hyp_tokens, n + 1);
         stats.total[n] = hyp_len.saturating_sub(n);
-        stats.correct[n] = hyp_counts.iter().map(|(g, &c)| c.min(*max_ref_counts[n].get(g).unwrap_or(&0))).sum();
+        stats.correct[n] = hyp_counts
+            .iter()
+            .map(|(g, &c)| c.min(*max_ref_counts[n].get(g).unwrap_or(&0)))
+            .sum();
     }
     stats
 }
@@ -206,7 +241,15 @@ pub fn bleu_segment(opts: BleuOptions, hyp: &str, refs: &[&str]) -> BleuStats {
 /// BLEU from corpus statistics with sacreBLEU's `exp` smoothing and no effective order.
 pub fn bleu_from_stats(stats: &BleuStats, opts: BleuOptions, n_refs: usize) -> BleuScore {
     let (sys, rl) = (stats.hyp_len as f64, stats.ref_len as f64);
-    let bp = if sys < rl { if sys > 0.0 { (1.0 - rl / sys).exp() } else { 0.0 } } else { 1.0 };
+    let bp = if sys < rl {
+        if sys > 0.0 {
+            (1.0 - rl / sys).exp()
+        } else {
+            0.0
+        }
+    } else {
+        1.0
+    };
     let mut precisions = [0.0; 4];
     let signature = format!(
         "BLEU|nrefs:{n_refs}|case:{}|eff:no|tok:{}|smooth:exp|version:{SACREBLEU_VERSION}",
@@ -227,10 +270,20 @@ pub fn bleu_from_stats(stats: &BleuStats, opts: BleuOptions, n_refs: usize) -> B
                 100.0 * stats.correct[n] as f64 / stats.total[n] as f64
             };
         }
-        let log_sum: f64 = precisions.iter().map(|&p| if p == 0.0 { -9_999_999_999.0 } else { p.ln() }).sum();
+        let log_sum: f64 = precisions
+            .iter()
+            .map(|&p| if p == 0.0 { -9_999_999_999.0 } else { p.ln() })
+            .sum();
         score = bp * (log_sum / 4.0).exp();
     }
-    BleuScore { score, precisions, brevity_penalty: bp, hyp_len: stats.hyp_len, ref_len: stats.ref_len, signature }
+    BleuScore {
+        score,
+        precisions,
+        brevity_penalty: bp,
+        hyp_len: stats.hyp_len,
+        ref_len: stats.ref_len,
+        signature,
+    }
 }
 
 /// `refs[k][i]` is the k-th reference of hypothesis `i`.
@@ -254,7 +307,11 @@ pub struct ChrfOptions {
 
 impl Default for ChrfOptions {
     fn default() -> Self {
-        Self { char_order: 6, word_order: 0, lowercase: false }
+        Self {
+            char_order: 6,
+            word_order: 0,
+            lowercase: false,
+        }
     }
 }
 
@@ -314,8 +371,14 @@ fn chrf_stats_one(opts: ChrfOptions, hyp: &str, reference: &str) -> Vec<[usize; 
         // sacreBLEU counts no hypothesis n-grams when the reference has none of that order.
         stats.push([if rtotal > 0 { hyp_count } else { 0 }, rtotal, matches]);
     };
-    for (hn, rn) in char_ngrams(&h, opts.char_order).iter().zip(char_ngrams(&r, opts.char_order).iter()) {
-        let hc = hn.iter().map(|(g, &c)| (c, c.min(*rn.get(g).unwrap_or(&0)))).collect();
+    for (hn, rn) in char_ngrams(&h, opts.char_order)
+        .iter()
+        .zip(char_ngrams(&r, opts.char_order).iter())
+    {
+        let hc = hn
+            .iter()
+            .map(|(g, &c)| (c, c.min(*rn.get(g).unwrap_or(&0))))
+            .collect();
         push(hc, rn.values().sum());
     }
     if opts.word_order > 0 {
@@ -325,7 +388,10 @@ fn chrf_stats_one(opts: ChrfOptions, hyp: &str, reference: &str) -> Vec<[usize; 
         let rw: Vec<&str> = rw.iter().map(String::as_str).collect();
         for n in 1..=opts.word_order {
             let (hn, rn) = (word_ngrams(&hw, n), word_ngrams(&rw, n));
-            let hc = hn.iter().map(|(g, &c)| (c, c.min(*rn.get(g).unwrap_or(&0)))).collect();
+            let hc = hn
+                .iter()
+                .map(|(g, &c)| (c, c.min(*rn.get(g).unwrap_or(&0))))
+                .collect();
             push(hc, rn.values().sum());
         }
     }
@@ -337,8 +403,16 @@ fn chrf_from_stats(stats: &[[usize; 3]]) -> f64 {
     let factor = BETA * BETA;
     let (mut avg_prec, mut avg_rec, mut effective) = (0.0, 0.0, 0usize);
     for &[n_hyp, n_ref, n_match] in stats {
-        let prec = if n_hyp > 0 { n_match as f64 / n_hyp as f64 } else { eps };
-        let rec = if n_ref > 0 { n_match as f64 / n_ref as f64 } else { eps };
+        let prec = if n_hyp > 0 {
+            n_match as f64 / n_hyp as f64
+        } else {
+            eps
+        };
+        let rec = if n_ref > 0 {
+            n_match as f64 / n_ref as f64
+        } else {
+            eps
+        };
         if n_hyp > 0 && n_ref > 0 {
             avg_prec += prec;
             avg_rec += rec;
@@ -359,7 +433,13 @@ fn chrf_from_stats(stats: &[[usize; 3]]) -> f64 {
 /// `refs[k][i]` is the k-th reference of hypothesis `i`; with several references the one
 /// with the best sentence-level chrF is used for each segment.
 pub fn corpus_chrf(hyps: &[String], refs: &[Vec<String>], opts: ChrfOptions) -> ChrfScore {
-    let lower = |s: &str| if opts.lowercase { s.to_lowercase() } else { s.to_string() };
+    let lower = |s: &str| {
+        if opts.lowercase {
+            s.to_lowercase()
+        } else {
+            s.to_string()
+        }
+    };
     let n_orders = opts.char_order + opts.word_order;
     let mut total = vec![[0usize; 3]; n_orders];
     for (i, h) in hyps.iter().enumerate() {
@@ -380,7 +460,11 @@ pub fn corpus_chrf(hyps: &[String], refs: &[Vec<String>], opts: ChrfOptions) -> 
             }
         }
     }
-    let name = if opts.word_order > 0 { format!("chrF{}{}", BETA as u32, "+".repeat(opts.word_order)) } else { format!("chrF{}", BETA as u32) };
+    let name = if opts.word_order > 0 {
+        format!("chrF{}{}", BETA as u32, "+".repeat(opts.word_order))
+    } else {
+        format!("chrF{}", BETA as u32)
+    };
     let signature = format!(
         "{name}|nrefs:{}|case:{}|eff:yes|nc:{}|nw:{}|space:no|version:{SACREBLEU_VERSION}",
         refs.len(),
@@ -388,5 +472,8 @@ pub fn corpus_chrf(hyps: &[String], refs: &[Vec<String>], opts: ChrfOptions) -> 
         opts.char_order,
         opts.word_order
     );
-    ChrfScore { score: chrf_from_stats(&total), signature }
+    ChrfScore {
+        score: chrf_from_stats(&total),
+        signature,
+    }
 }

@@ -28,15 +28,34 @@ pub struct AdamW {
 
 impl AdamW {
     /// `vars` by name; tensors of rank ≥ 2 are decayed, biases and norm gains are not.
-    pub fn new(vars: Vec<(String, Var)>, beta1: f64, beta2: f64, eps: f64, weight_decay: f64) -> Result<Self> {
+    pub fn new(
+        vars: Vec<(String, Var)>,
+        beta1: f64,
+        beta2: f64,
+        eps: f64,
+        weight_decay: f64,
+    ) -> Result<Self> {
         let params = vars
             .into_iter()
             .map(|(name, var)| {
                 let zeros = var.as_tensor().zeros_like()?.detach();
-                Ok(Param { decay: var.rank() >= 2, name, m: zeros.clone(), v: zeros, var })
+                Ok(Param {
+                    decay: var.rank() >= 2,
+                    name,
+                    m: zeros.clone(),
+                    v: zeros,
+                    var,
+                })
             })
             .collect::<Result<_>>()?;
-        Ok(Self { params, beta1, beta2, eps, weight_decay, step: 0 })
+        Ok(Self {
+            params,
+            beta1,
+            beta2,
+            eps,
+            weight_decay,
+            step: 0,
+        })
     }
 
     pub fn step_count(&self) -> usize {
@@ -69,13 +88,23 @@ impl AdamW {
         let bias1 = 1.0 - self.beta1.powi(t);
         let bias2 = 1.0 - self.beta2.powi(t);
         for p in &mut self.params {
-            let Some(g) = grads.get(p.var.as_tensor()) else { continue };
-            let g = if grad_scale != 1.0 { (g * grad_scale)? } else { g.clone() };
+            let Some(g) = grads.get(p.var.as_tensor()) else {
+                continue;
+            };
+            let g = if grad_scale != 1.0 {
+                (g * grad_scale)?
+            } else {
+                g.clone()
+            };
             p.m = ((&p.m * self.beta1)? + (&g * (1.0 - self.beta1))?)?;
             p.v = ((&p.v * self.beta2)? + (g.sqr()? * (1.0 - self.beta2))?)?;
             let update = ((&p.m / bias1)? / ((&p.v / bias2)?.sqrt()? + self.eps)?)?;
             let theta = p.var.as_tensor().detach();
-            let theta = if p.decay && self.weight_decay > 0.0 { (theta * (1.0 - lr * self.weight_decay))? } else { theta };
+            let theta = if p.decay && self.weight_decay > 0.0 {
+                (theta * (1.0 - lr * self.weight_decay))?
+            } else {
+                theta
+            };
             p.var.set(&(theta - (update * lr)?)?)?;
         }
         Ok(())
@@ -96,9 +125,15 @@ impl AdamW {
         for p in &mut self.params {
             for (suffix, slot) in [("m", &mut p.m), ("v", &mut p.v)] {
                 let key = format!("{}.{suffix}", p.name);
-                let t = tensors.get(&key).ok_or_else(|| candle_core::Error::Msg(format!("optimizer state lacks `{key}`")))?;
+                let t = tensors.get(&key).ok_or_else(|| {
+                    candle_core::Error::Msg(format!("optimizer state lacks `{key}`"))
+                })?;
                 if t.shape() != p.var.shape() {
-                    candle_core::bail!("optimizer state `{key}` has shape {:?}, parameter has {:?}", t.dims(), p.var.dims())
+                    candle_core::bail!(
+                        "optimizer state `{key}` has shape {:?}, parameter has {:?}",
+                        t.dims(),
+                        p.var.dims()
+                    )
                 }
                 *slot = t.to_device(p.var.device())?.detach();
             }

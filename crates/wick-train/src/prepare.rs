@@ -38,7 +38,9 @@ pub fn load_split(cfg: &Config, split: Split) -> Result<Vec<Pair>> {
         Split::Dev => &cfg.data.dev,
         Split::Test => &cfg.data.test,
     };
-    let spec = spec.as_ref().with_context(|| format!("the config has no data.{} split", split.name()))?;
+    let spec = spec
+        .as_ref()
+        .with_context(|| format!("the config has no data.{} split", split.name()))?;
     Ok(spec.read()?)
 }
 
@@ -48,17 +50,37 @@ pub fn train_tokenizers(cfg: &Config, train: &[Pair]) -> Result<Tokenizers> {
     if d.joint_vocab {
         let texts = train.iter().flat_map(|p| [p.src.as_str(), p.tgt.as_str()]);
         let t = SubwordTokenizer::train(texts, d.vocab_size, d.min_frequency)?;
-        Ok(Tokenizers { src: t.clone(), tgt: t, joint: true })
+        Ok(Tokenizers {
+            src: t.clone(),
+            tgt: t,
+            joint: true,
+        })
     } else {
-        let src = SubwordTokenizer::train(train.iter().map(|p| p.src.as_str()), d.vocab_size, d.min_frequency)?;
-        let tgt = SubwordTokenizer::train(train.iter().map(|p| p.tgt.as_str()), d.vocab_size, d.min_frequency)?;
-        Ok(Tokenizers { src, tgt, joint: false })
+        let src = SubwordTokenizer::train(
+            train.iter().map(|p| p.src.as_str()),
+            d.vocab_size,
+            d.min_frequency,
+        )?;
+        let tgt = SubwordTokenizer::train(
+            train.iter().map(|p| p.tgt.as_str()),
+            d.vocab_size,
+            d.min_frequency,
+        )?;
+        Ok(Tokenizers {
+            src,
+            tgt,
+            joint: false,
+        })
     }
 }
 
 /// Tokenises pairs; with `max_len`, pairs longer than that on either side are dropped and
 /// counted.
-pub fn encode_pairs(tok: &Tokenizers, pairs: &[Pair], max_len: Option<usize>) -> Result<(Vec<Example>, usize)> {
+pub fn encode_pairs(
+    tok: &Tokenizers,
+    pairs: &[Pair],
+    max_len: Option<usize>,
+) -> Result<(Vec<Example>, usize)> {
     let srcs: Vec<&str> = pairs.iter().map(|p| p.src.as_str()).collect();
     let tgts: Vec<&str> = pairs.iter().map(|p| p.tgt.as_str()).collect();
     let src_ids = tok.src.encode_batch(&srcs)?;

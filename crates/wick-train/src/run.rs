@@ -33,15 +33,27 @@ pub struct Tokenizers {
 
 impl Tokenizers {
     pub fn vocab_sizes(&self) -> VocabSizes {
-        VocabSizes { src: self.src.vocab_size(), tgt: self.tgt.vocab_size() }
+        VocabSizes {
+            src: self.src.vocab_size(),
+            tgt: self.tgt.vocab_size(),
+        }
     }
 
     pub fn save(&self, dir: &Path) -> Result<()> {
         if self.joint {
-            crate::checkpoint::write_atomic(&dir.join("tokenizer.json"), self.src.to_json()?.as_bytes())?;
+            crate::checkpoint::write_atomic(
+                &dir.join("tokenizer.json"),
+                self.src.to_json()?.as_bytes(),
+            )?;
         } else {
-            crate::checkpoint::write_atomic(&dir.join("tokenizer.src.json"), self.src.to_json()?.as_bytes())?;
-            crate::checkpoint::write_atomic(&dir.join("tokenizer.tgt.json"), self.tgt.to_json()?.as_bytes())?;
+            crate::checkpoint::write_atomic(
+                &dir.join("tokenizer.src.json"),
+                self.src.to_json()?.as_bytes(),
+            )?;
+            crate::checkpoint::write_atomic(
+                &dir.join("tokenizer.tgt.json"),
+                self.tgt.to_json()?.as_bytes(),
+            )?;
         }
         Ok(())
     }
@@ -49,7 +61,11 @@ impl Tokenizers {
     pub fn load(dir: &Path, joint: bool) -> Result<Self> {
         if joint {
             let t = SubwordTokenizer::load(&dir.join("tokenizer.json"))?;
-            Ok(Self { src: t.clone(), tgt: t, joint })
+            Ok(Self {
+                src: t.clone(),
+                tgt: t,
+                joint,
+            })
         } else {
             Ok(Self {
                 src: SubwordTokenizer::load(&dir.join("tokenizer.src.json"))?,
@@ -104,12 +120,19 @@ impl Run {
             bail!("{}: no such run directory", dir.display())
         }
         if !cfg_path.is_file() {
-            bail!("{} is not a wick run directory (it has no config.toml)", dir.display())
+            bail!(
+                "{} is not a wick run directory (it has no config.toml)",
+                dir.display()
+            )
         }
         let config = Config::load(&cfg_path, &[])?;
         let tokenizers = Tokenizers::load(dir, config.data.joint_vocab)
             .with_context(|| format!("run directory {}", dir.display()))?;
-        Ok(Self { dir: dir.to_path_buf(), config, tokenizers })
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            config,
+            tokenizers,
+        })
     }
 
     pub fn checkpoint_path(&self, which: Which) -> PathBuf {
@@ -120,11 +143,21 @@ impl Run {
     pub fn load_model(&self, which: Which, device: &Device) -> Result<Transformer> {
         let path = self.checkpoint_path(which);
         if !path.is_file() {
-            bail!("{}: no {} checkpoint (has the run saved one yet?)", path.display(), which.file_name())
+            bail!(
+                "{}: no {} checkpoint (has the run saved one yet?)",
+                path.display(),
+                which.file_name()
+            )
         }
         let (tensors, _) = crate::checkpoint::load(&path, device)?;
-        inference_model(&self.config, self.tokenizers.vocab_sizes(), tensors, device)
-            .with_context(|| format!("checkpoint {} does not fit the run's config", path.display()))
+        inference_model(&self.config, self.tokenizers.vocab_sizes(), tensors, device).with_context(
+            || {
+                format!(
+                    "checkpoint {} does not fit the run's config",
+                    path.display()
+                )
+            },
+        )
     }
 }
 
@@ -137,15 +170,29 @@ pub fn inference_model(
     device: &Device,
 ) -> Result<Transformer> {
     let store = ParamStore::new(0);
-    Transformer::new(&cfg.model, vocab, DropoutRng::new(0), store.var_builder(DType::F32, device))?;
+    Transformer::new(
+        &cfg.model,
+        vocab,
+        DropoutRng::new(0),
+        store.var_builder(DType::F32, device),
+    )?;
     store.load(&tensors)?;
     frozen_model(cfg, vocab, &store, device)
 }
 
 /// A model that reads the current values of `store` without recording gradients: its
 /// tensors share storage with the trainable variables, so it follows every update.
-pub fn frozen_model(cfg: &Config, vocab: VocabSizes, store: &ParamStore, device: &Device) -> Result<Transformer> {
-    let tensors = store.vars().into_iter().map(|(k, v)| (k, v.as_tensor().detach())).collect();
+pub fn frozen_model(
+    cfg: &Config,
+    vocab: VocabSizes,
+    store: &ParamStore,
+    device: &Device,
+) -> Result<Transformer> {
+    let tensors = store
+        .vars()
+        .into_iter()
+        .map(|(k, v)| (k, v.as_tensor().detach()))
+        .collect();
     let vb = VarBuilder::from_tensors(tensors, DType::F32, device);
     Ok(Transformer::new(&cfg.model, vocab, DropoutRng::new(0), vb)?)
 }
@@ -156,13 +203,17 @@ pub fn fresh_run_dir(base: &Path, name: &str) -> PathBuf {
     if !first.exists() {
         return first;
     }
-    (2..).map(|i| base.join(format!("{name}-{i}"))).find(|p| !p.exists()).unwrap_or(first)
+    (2..)
+        .map(|i| base.join(format!("{name}-{i}")))
+        .find(|p| !p.exists())
+        .unwrap_or(first)
 }
 
 /// Hex SHA-256 of a file's bytes.
 pub fn sha256_file(path: &Path) -> Result<String> {
     use sha2::{Digest, Sha256};
-    let mut f = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let mut f =
+        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     let mut h = Sha256::new();
     std::io::copy(&mut f, &mut h).with_context(|| format!("cannot read {}", path.display()))?;
     Ok(format!("{:x}", h.finalize()))
@@ -170,15 +221,27 @@ pub fn sha256_file(path: &Path) -> Result<String> {
 
 /// The commit of the working directory's git checkout, if any.
 pub fn git_commit() -> Option<String> {
-    let out = std::process::Command::new("git").args(["rev-parse", "HEAD"]).output().ok()?;
-    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+    let out = std::process::Command::new("git")
+        .args(["rev-parse", "HEAD"])
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
 /// Peak and current resident memory of this process in MB, from `/proc/self/status`.
 pub fn memory_mb() -> (Option<f64>, Option<f64>) {
-    let Ok(status) = std::fs::read_to_string("/proc/self/status") else { return (None, None) };
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
+        return (None, None);
+    };
     let field = |name: &str| {
-        status.lines().find(|l| l.starts_with(name)).and_then(|l| l.split_whitespace().nth(1)).and_then(|kb| kb.parse::<f64>().ok()).map(|kb| kb / 1024.0)
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|kb| kb.parse::<f64>().ok())
+            .map(|kb| kb / 1024.0)
     };
     (field("VmHWM:"), field("VmRSS:"))
 }

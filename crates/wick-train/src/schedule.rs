@@ -6,11 +6,19 @@ use crate::config::{ScheduleKind, TrainConfig};
 pub fn learning_rate(cfg: &TrainConfig, step: usize) -> f64 {
     let step = step.max(1) as f64;
     let warmup = cfg.warmup_steps as f64;
-    let ramp = if warmup > 0.0 { (step / warmup).min(1.0) } else { 1.0 };
+    let ramp = if warmup > 0.0 {
+        (step / warmup).min(1.0)
+    } else {
+        1.0
+    };
     match cfg.schedule {
         ScheduleKind::Constant => cfg.lr * ramp,
         ScheduleKind::InverseSqrt => {
-            let decay = if warmup > 0.0 { (warmup / step).sqrt().min(1.0) } else { step.sqrt().recip() };
+            let decay = if warmup > 0.0 {
+                (warmup / step).sqrt().min(1.0)
+            } else {
+                step.sqrt().recip()
+            };
             cfg.lr * ramp.min(decay)
         }
     }

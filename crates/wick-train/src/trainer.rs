@@ -66,16 +66,33 @@ fn log(pb: &ProgressBar, msg: impl AsRef<str>) {
 }
 
 /// Teacher-forced loss, perplexity and token accuracy on `examples` (no dropout, no graph).
-pub fn evaluate_loss(model: &Transformer, examples: &[Example], cfg: &Config) -> Result<(f64, f64, f64)> {
-    let lengths: Vec<(usize, usize)> = examples.iter().map(|e| (e.src_len(), e.tgt_len())).collect();
-    let batches = token_batches(&lengths, cfg.train.batch_tokens, cfg.train.max_sentences, None)?;
+pub fn evaluate_loss(
+    model: &Transformer,
+    examples: &[Example],
+    cfg: &Config,
+) -> Result<(f64, f64, f64)> {
+    let lengths: Vec<(usize, usize)> = examples
+        .iter()
+        .map(|e| (e.src_len(), e.tgt_len()))
+        .collect();
+    let batches = token_batches(
+        &lengths,
+        cfg.train.batch_tokens,
+        cfg.train.max_sentences,
+        None,
+    )?;
     let (mut loss, mut nll, mut correct, mut tokens) = (0.0, 0.0, 0.0, 0usize);
     for rows in batches {
         let refs: Vec<&Example> = rows.iter().map(|&i| &examples[i]).collect();
         let batch = Batch::new(&refs, SPECIALS, model.device())?;
         let memory = model.encode(&batch.source.src, &batch.source.src_mask, false)?;
         let logits = model.forward_t(&memory, &batch.tgt_in, false)?;
-        let sums = label_smoothed_cross_entropy(&logits, &batch.tgt_out, &batch.tgt_mask, cfg.train.label_smoothing)?;
+        let sums = label_smoothed_cross_entropy(
+            &logits,
+            &batch.tgt_out,
+            &batch.tgt_mask,
+            cfg.train.label_smoothing,
+        )?;
         loss += sums.smoothed.to_scalar::<f32>()? as f64;
         nll += sums.nll.to_scalar::<f32>()? as f64;
         correct += sums.correct.to_scalar::<f32>()? as f64;
@@ -86,7 +103,12 @@ pub fn evaluate_loss(model: &Transformer, examples: &[Example], cfg: &Config) ->
 }
 
 /// Translates the sources and scores them against the references.
-pub fn bleu_chrf(model: &Transformer, tok: &Tokenizers, cfg: &Config, pairs: &[Pair]) -> Result<(f64, f64, Vec<String>)> {
+pub fn bleu_chrf(
+    model: &Transformer,
+    tok: &Tokenizers,
+    cfg: &Config,
+    pairs: &[Pair],
+) -> Result<(f64, f64, Vec<String>)> {
     let sources: Vec<String> = pairs.iter().map(|p| p.src.clone()).collect();
     let refs = vec![pairs.iter().map(|p| p.tgt.clone()).collect::<Vec<_>>()];
     let hyps = translate(model, tok, &cfg.decode, &sources)?;
@@ -156,17 +178,33 @@ impl Trainer {
         if let Some(b) = dev_bleu {
             meta.insert("dev_bleu".into(), format!("{b:.4}"));
         }
-        checkpoint::save(&self.dir.join("checkpoints").join(name), &self.store.tensors(), meta)?;
+        checkpoint::save(
+            &self.dir.join("checkpoints").join(name),
+            &self.store.tensors(),
+            meta,
+        )?;
         write_json(&self.dir.join("trainer_state.json"), &self.state)
     }
 
-    fn validate(&mut self, train_loss: f64, lr: f64, elapsed: f64, tokens_per_s: f64) -> Result<Validation> {
-        let (dev_loss, dev_ppl, dev_acc) = evaluate_loss(&self.eval_model, &self.dev_examples, &self.cfg)?;
+    fn validate(
+        &mut self,
+        train_loss: f64,
+        lr: f64,
+        elapsed: f64,
+        tokens_per_s: f64,
+    ) -> Result<Validation> {
+        let (dev_loss, dev_ppl, dev_acc) =
+            evaluate_loss(&self.eval_model, &self.dev_examples, &self.cfg)?;
         let limit = match self.cfg.train.valid_max_sentences {
             0 => self.dev_pairs.len(),
             n => n.min(self.dev_pairs.len()),
         };
-        let (dev_bleu, dev_chrf, _) = bleu_chrf(&self.eval_model, &self.tok, &self.cfg, &self.dev_pairs[..limit])?;
+        let (dev_bleu, dev_chrf, _) = bleu_chrf(
+            &self.eval_model,
+            &self.tok,
+            &self.cfg,
+            &self.dev_pairs[..limit],
+        )?;
         let v = Validation {
             step: self.state.step,
             epoch: self.state.epoch,
@@ -180,7 +218,10 @@ impl Trainer {
             elapsed_s: elapsed,
             tgt_tokens_per_s: tokens_per_s,
         };
-        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("metrics.jsonl"))?;
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("metrics.jsonl"))?;
         writeln!(f, "{}", serde_json::to_string(&v)?)?;
         if self.state.best_bleu.is_none_or(|b| dev_bleu > b) {
             self.state.best_bleu = Some(dev_bleu);
@@ -196,12 +237,21 @@ impl Trainer {
 
 /// Runs a whole training as configured.
 pub fn train(req: TrainRequest) -> Result<TrainSummary> {
-    let TrainRequest { config: cfg, config_source, run_dir: dir, device } = req;
+    let TrainRequest {
+        config: cfg,
+        config_source,
+        run_dir: dir,
+        device,
+    } = req;
     let t0 = Instant::now();
     if dir.exists() && std::fs::read_dir(&dir)?.next().is_some() {
-        bail!("run directory {} already exists and is not empty; choose another --run-dir", dir.display())
+        bail!(
+            "run directory {} already exists and is not empty; choose another --run-dir",
+            dir.display()
+        )
     }
-    std::fs::create_dir_all(dir.join("checkpoints")).with_context(|| format!("cannot create run directory {}", dir.display()))?;
+    std::fs::create_dir_all(dir.join("checkpoints"))
+        .with_context(|| format!("cannot create run directory {}", dir.display()))?;
     checkpoint::write_atomic(&dir.join("config.toml"), cfg.to_toml().as_bytes())?;
 
     // Data, tokenizers, examples.
@@ -229,16 +279,40 @@ pub fn train(req: TrainRequest) -> Result<TrainSummary> {
     let vocab = tok.vocab_sizes();
     let store = ParamStore::new(cfg.train.seed);
     let dropout_rng = DropoutRng::new(epoch_seed(cfg.train.seed, usize::MAX));
-    let model = Transformer::new(&cfg.model, vocab, dropout_rng, store.var_builder(DType::F32, &device))?;
+    let model = Transformer::new(
+        &cfg.model,
+        vocab,
+        dropout_rng,
+        store.var_builder(DType::F32, &device),
+    )?;
     let eval_model = frozen_model(&cfg, vocab, &store, &device)?;
     let t = &cfg.train;
-    let opt = AdamW::new(store.vars(), t.adam_beta1, t.adam_beta2, t.adam_eps, t.weight_decay)?;
-    eprintln!("model: {} parameters in {} tensors, device {:?}", store.n_params(), store.len(), device);
+    let opt = AdamW::new(
+        store.vars(),
+        t.adam_beta1,
+        t.adam_beta2,
+        t.adam_eps,
+        t.weight_decay,
+    )?;
+    eprintln!(
+        "model: {} parameters in {} tensors, device {:?}",
+        store.n_params(),
+        store.len(),
+        device
+    );
 
     let mut data_files = Vec::new();
-    for (split, spec) in [("train", &cfg.data.train), ("dev", &cfg.data.dev), ("test", &cfg.data.test)] {
+    for (split, spec) in [
+        ("train", &cfg.data.train),
+        ("dev", &cfg.data.dev),
+        ("test", &cfg.data.test),
+    ] {
         for p in spec.iter().flat_map(|s| s.paths()) {
-            data_files.push(DataFile { split, path: p.display().to_string(), sha256: sha256_file(p)? });
+            data_files.push(DataFile {
+                split,
+                path: p.display().to_string(),
+                sha256: sha256_file(p)?,
+            });
         }
     }
     write_json(
@@ -257,7 +331,10 @@ pub fn train(req: TrainRequest) -> Result<TrainSummary> {
             vocab_src: vocab.src,
             vocab_tgt: vocab.tgt,
             params: store.n_params(),
-            created_unix: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+            created_unix: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
         },
     )?;
 
@@ -281,18 +358,35 @@ fn run_loop(tr: &mut Trainer, train: &[Example], t0: Instant) -> Result<TrainSum
     let cfg = tr.cfg.clone();
     let t = &cfg.train;
     let lengths: Vec<(usize, usize)> = train.iter().map(|e| (e.src_len(), e.tgt_len())).collect();
-    let batches_per_epoch = token_batches(&lengths, t.batch_tokens, t.max_sentences, Some(0))?.len();
+    let batches_per_epoch =
+        token_batches(&lengths, t.batch_tokens, t.max_sentences, Some(0))?.len();
     let steps_per_epoch = batches_per_epoch.div_ceil(t.accumulate);
     let planned = match (t.max_steps, t.max_epochs) {
         (0, e) => e * steps_per_epoch,
         (s, 0) => s,
         (s, e) => s.min(e * steps_per_epoch),
     };
-    let validate_every = if t.validate_every > 0 { t.validate_every } else { steps_per_epoch };
-    let pb = ProgressBar::new(planned as u64);
+    let validate_every = if t.validate_every > 0 {
+        t.validate_every
+    } else {
+        steps_per_epoch
+    };
+    // Runs bounded only by time have no step count to show progress against.
+    let (pb, template, of_planned) = if planned > 0 {
+        (
+            ProgressBar::new(planned as u64),
+            "{spinner} step {pos}/{len} [{elapsed_precise} < {eta_precise}] {wide_bar} {msg}",
+            format!("/{planned}"),
+        )
+    } else {
+        (
+            ProgressBar::no_length(),
+            "{spinner} step {pos} [{elapsed_precise}] {msg}",
+            String::new(),
+        )
+    };
     pb.set_style(
-        ProgressStyle::with_template("{spinner} step {pos}/{len} [{elapsed_precise} < {eta_precise}] {wide_bar} {msg}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        ProgressStyle::with_template(template).unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     let (mut window_loss, mut window_tokens) = (0.0f64, 0usize);
     let mut total_tokens = 0usize;
@@ -304,21 +398,39 @@ fn run_loop(tr: &mut Trainer, train: &[Example], t0: Instant) -> Result<TrainSum
         if t.max_epochs > 0 && tr.state.epoch >= t.max_epochs {
             break;
         }
-        let order = token_batches(&lengths, t.batch_tokens, t.max_sentences, Some(epoch_seed(t.seed, tr.state.epoch)))?;
+        let order = token_batches(
+            &lengths,
+            t.batch_tokens,
+            t.max_sentences,
+            Some(epoch_seed(t.seed, tr.state.epoch)),
+        )?;
         for group in order.chunks(t.accumulate) {
             // One update: gradients of every batch in the group, summed, normalised by the
             // group's target tokens.
             let batches = group
                 .iter()
-                .map(|rows| Batch::new(&rows.iter().map(|&i| &train[i]).collect::<Vec<_>>(), SPECIALS, &device))
+                .map(|rows| {
+                    Batch::new(
+                        &rows.iter().map(|&i| &train[i]).collect::<Vec<_>>(),
+                        SPECIALS,
+                        &device,
+                    )
+                })
                 .collect::<candle_core::Result<Vec<_>>>()?;
             let group_tokens: usize = batches.iter().map(|b| b.n_tgt_tokens).sum();
             let mut grads: Option<GradStore> = None;
             let mut group_loss = 0.0;
             for batch in &batches {
-                let memory = tr.model.encode(&batch.source.src, &batch.source.src_mask, true)?;
+                let memory = tr
+                    .model
+                    .encode(&batch.source.src, &batch.source.src_mask, true)?;
                 let logits = tr.model.forward_t(&memory, &batch.tgt_in, true)?;
-                let sums = label_smoothed_cross_entropy(&logits, &batch.tgt_out, &batch.tgt_mask, t.label_smoothing)?;
+                let sums = label_smoothed_cross_entropy(
+                    &logits,
+                    &batch.tgt_out,
+                    &batch.tgt_mask,
+                    t.label_smoothing,
+                )?;
                 let loss = (sums.smoothed / group_tokens as f64)?;
                 let g = loss.backward()?;
                 group_loss += loss.to_scalar::<f32>()? as f64;
@@ -340,13 +452,21 @@ fn run_loop(tr: &mut Trainer, train: &[Example], t0: Instant) -> Result<TrainSum
             }
             let Some(grads) = grads else { continue };
             if !group_loss.is_finite() {
-                bail!("training loss became {group_loss} at step {}; the last good checkpoint is in {}", tr.state.step + 1, tr.dir.join("checkpoints").display())
+                bail!(
+                    "training loss became {group_loss} at step {}; the last good checkpoint is in {}",
+                    tr.state.step + 1,
+                    tr.dir.join("checkpoints").display()
+                )
             }
             let step = tr.state.step + 1;
             let lr = learning_rate(t, step);
             let scale = if t.clip_norm > 0.0 {
                 let norm = tr.opt.grad_norm(&grads)?;
-                if norm > t.clip_norm { t.clip_norm / (norm + 1e-6) } else { 1.0 }
+                if norm > t.clip_norm {
+                    t.clip_norm / (norm + 1e-6)
+                } else {
+                    1.0
+                }
             } else {
                 1.0
             };
@@ -360,10 +480,14 @@ fn run_loop(tr: &mut Trainer, train: &[Example], t0: Instant) -> Result<TrainSum
             let elapsed = loop_start.elapsed().as_secs_f64();
             let tok_s = total_tokens as f64 / elapsed.max(1e-9);
             if step % t.log_every == 0 {
-                let msg = format!("epoch {} loss {:.3} lr {lr:.2e} {tok_s:.0} tgt tok/s", tr.state.epoch + 1, window_loss / window_tokens.max(1) as f64);
+                let msg = format!(
+                    "epoch {} loss {:.3} lr {lr:.2e} {tok_s:.0} tgt tok/s",
+                    tr.state.epoch + 1,
+                    window_loss / window_tokens.max(1) as f64
+                );
                 pb.set_message(msg.clone());
                 if pb.is_hidden() {
-                    eprintln!("step {step}/{planned} {msg}");
+                    eprintln!("step {step}{of_planned} {msg}");
                 }
             }
             if step % validate_every == 0 {
@@ -386,7 +510,10 @@ fn run_loop(tr: &mut Trainer, train: &[Example], t0: Instant) -> Result<TrainSum
                 (window_loss, window_tokens) = (0.0, 0);
                 tr.save("last.safetensors", Some(v.dev_bleu))?;
                 if t.patience > 0 && tr.state.bad_validations >= t.patience {
-                    stop_reason = format!("early stop: dev BLEU did not improve for {} validations", t.patience);
+                    stop_reason = format!(
+                        "early stop: dev BLEU did not improve for {} validations",
+                        t.patience
+                    );
                     break 'epochs;
                 }
             } else if t.checkpoint_every > 0 && step % t.checkpoint_every == 0 {
@@ -408,10 +535,20 @@ fn run_loop(tr: &mut Trainer, train: &[Example], t0: Instant) -> Result<TrainSum
     let tok_s = total_tokens as f64 / elapsed.max(1e-9);
     if last_validated != tr.state.step {
         let train_loss = window_loss / window_tokens.max(1) as f64;
-        let v = tr.validate(train_loss, learning_rate(t, tr.state.step.max(1)), elapsed, tok_s)?;
+        let v = tr.validate(
+            train_loss,
+            learning_rate(t, tr.state.step.max(1)),
+            elapsed,
+            tok_s,
+        )?;
         eprintln!(
             "validation step {}: dev loss {:.3} ppl {:.2} acc {:.1}% BLEU {:.2} chrF {:.2}",
-            tr.state.step, v.dev_loss, v.dev_ppl, 100.0 * v.dev_acc, v.dev_bleu, v.dev_chrf
+            tr.state.step,
+            v.dev_loss,
+            v.dev_ppl,
+            100.0 * v.dev_acc,
+            v.dev_bleu,
+            v.dev_chrf
         );
     }
     tr.state.finished = true;

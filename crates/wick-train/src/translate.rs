@@ -2,9 +2,9 @@
 //! returned in input order.
 
 use anyhow::Result;
+use wick_data::SourceBatch;
 use wick_data::batcher::token_batches;
 use wick_data::tokenizer::SPECIALS;
-use wick_data::SourceBatch;
 use wick_model::search::{SpecialIds, greedy};
 use wick_model::{Seq2Seq, Transformer};
 
@@ -12,7 +12,12 @@ use crate::config::DecodeConfig;
 use crate::run::Tokenizers;
 
 /// Subword ids of each translation, in input order.
-pub fn translate_ids(model: &Transformer, tok: &Tokenizers, decode: &DecodeConfig, sources: &[String]) -> Result<Vec<Vec<u32>>> {
+pub fn translate_ids(
+    model: &Transformer,
+    tok: &Tokenizers,
+    decode: &DecodeConfig,
+    sources: &[String],
+) -> Result<Vec<Vec<u32>>> {
     if sources.is_empty() {
         return Ok(Vec::new());
     }
@@ -26,7 +31,10 @@ pub fn translate_ids(model: &Transformer, tok: &Tokenizers, decode: &DecodeConfi
     let lengths: Vec<(usize, usize)> = src_ids.iter().map(|s| (s.len() + 1, s.len() + 1)).collect();
     let budget = decode.batch_tokens.max(max_positions);
     let batches = token_batches(&lengths, budget, usize::MAX, None)?;
-    let special = SpecialIds { bos: SPECIALS.bos, eos: SPECIALS.eos };
+    let special = SpecialIds {
+        bos: SPECIALS.bos,
+        eos: SPECIALS.eos,
+    };
     let mut out = vec![Vec::new(); sources.len()];
     for rows in batches {
         let srcs: Vec<&[u32]> = rows.iter().map(|&i| src_ids[i].as_slice()).collect();
@@ -34,7 +42,10 @@ pub fn translate_ids(model: &Transformer, tok: &Tokenizers, decode: &DecodeConfi
         let memory = model.encode(&batch.src, &batch.src_mask, false)?;
         let max_len: Vec<usize> = srcs
             .iter()
-            .map(|s| ((decode.max_len_a * s.len() as f64) as usize + decode.max_len_b).min(max_positions - 1))
+            .map(|s| {
+                ((decode.max_len_a * s.len() as f64) as usize + decode.max_len_b)
+                    .min(max_positions - 1)
+            })
             .collect();
         let hyps = greedy(model, &memory, special, &max_len)?;
         for (i, hyp) in rows.into_iter().zip(hyps) {
@@ -45,6 +56,14 @@ pub fn translate_ids(model: &Transformer, tok: &Tokenizers, decode: &DecodeConfi
 }
 
 /// Detokenised translations, in input order.
-pub fn translate(model: &Transformer, tok: &Tokenizers, decode: &DecodeConfig, sources: &[String]) -> Result<Vec<String>> {
-    translate_ids(model, tok, decode, sources)?.iter().map(|ids| Ok(tok.tgt.decode(ids)?)).collect()
+pub fn translate(
+    model: &Transformer,
+    tok: &Tokenizers,
+    decode: &DecodeConfig,
+    sources: &[String],
+) -> Result<Vec<String>> {
+    translate_ids(model, tok, decode, sources)?
+        .iter()
+        .map(|ids| Ok(tok.tgt.decode(ids)?))
+        .collect()
 }

@@ -1,0 +1,73 @@
+//! Helpers shared by the model tests (included with `mod common;`).
+#![allow(dead_code)]
+
+use candle_core::{DType, Device, Result, Tensor};
+use wick_model::{
+    DropoutRng, NormPosition, ParamStore, Transformer, TransformerConfig, Tying, VocabSizes,
+};
+
+pub const PAD: u32 = 0;
+pub const BOS: u32 = 1;
+pub const EOS: u32 = 2;
+
+pub fn tiny_config(norm: NormPosition, tie: Tying) -> TransformerConfig {
+    TransformerConfig {
+        d_model: 32,
+        n_heads: 4,
+        encoder_layers: 2,
+        decoder_layers: 2,
+        d_ff: 48,
+        dropout: 0.1,
+        attention_dropout: 0.1,
+        activation_dropout: 0.1,
+        norm,
+        tie_embeddings: tie,
+        max_positions: 64,
+        layer_norm_eps: 1e-5,
+    }
+}
+
+pub const VOCAB: VocabSizes = VocabSizes { src: 29, tgt: 29 };
+
+pub fn build(cfg: &TransformerConfig, seed: u64) -> Result<(Transformer, ParamStore)> {
+    let store = ParamStore::new(seed);
+    let model = Transformer::new(
+        cfg,
+        VOCAB,
+        DropoutRng::new(seed + 1),
+        store.var_builder(DType::F32, &Device::Cpu),
+    )?;
+    Ok((model, store))
+}
+
+/// Rows padded with `fill` to the longest row, and their `{1, 0}` mask.
+pub fn padded(rows: &[Vec<u32>], fill: u32) -> Result<(Tensor, Tensor)> {
+    let len = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let mut ids = Vec::new();
+    let mut mask = Vec::new();
+    for r in rows {
+        for j in 0..len {
+            ids.push(*r.get(j).unwrap_or(&fill));
+            mask.push(if j < r.len() { 1f32 } else { 0.0 });
+        }
+    }
+    Ok((
+        Tensor::from_vec(ids, (rows.len(), len), &Device::Cpu)?,
+        Tensor::from_vec(mask, (rows.len(), len), &Device::Cpu)?,
+    ))
+}
+
+pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> Result<f32> {
+    (a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()
+}
+
+/// Every configuration the invariance tests run over.
+pub fn all_configs() -> Vec<TransformerConfig> {
+    let mut out = Vec::new();
+    for norm in [NormPosition::Post, NormPosition::Pre] {
+        for tie in [Tying::None, Tying::Decoder, Tying::All] {
+            out.push(tiny_config(norm, tie));
+        }
+    }
+    out
+}

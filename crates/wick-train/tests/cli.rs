@@ -1,0 +1,289 @@
+//! The `wick` binary end to end: a small training run, evaluate and translate on its run
+//! directory, and clear errors (non-zero exit, no panic) for bad input.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn wick(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_wick"))
+        .args(args)
+        .current_dir(repo_root())
+        .stdin(Stdio::null())
+        .output()
+        .expect("wick runs")
+}
+
+fn wick_stdin(args: &[&str], input: &str) -> Output {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_wick"))
+        .args(args)
+        .current_dir(repo_root())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(input.as_bytes())
+        .expect("write");
+    child.wait_with_output().expect("wait")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Fails with the message; asserts it is an error, not a panic.
+fn fails_with(o: &Output, needles: &[&str]) {
+    let err = stderr(o);
+    assert!(
+        !o.status.success(),
+        "expected failure, got success; stderr: {err}"
+    );
+    assert!(
+        !err.contains("panicked"),
+        "panic instead of an error: {err}"
+    );
+    assert!(
+        err.starts_with("error: ") || err.contains("\nerror: ") || err.contains("error:"),
+        "{err}"
+    );
+    for n in needles {
+        assert!(err.contains(n), "error should mention {n:?}: {err}");
+    }
+}
+
+#[test]
+fn train_evaluate_translate_on_a_small_run() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let run = dir.path().join("run");
+    let run_s = run.to_str().expect("utf8");
+    let o = wick(&[
+        "train",
+        "--config",
+        "configs/reverse.toml",
+        "--run-dir",
+        run_s,
+        "--set",
+        "train.max_steps=30",
+        "--set",
+        "train.validate_every=15",
+        "--set",
+        "data.synthetic.n_train=600",
+        "--set",
+        "data.synthetic.n_test=40",
+        "--samples",
+        "2",
+    ]);
+    assert!(o.status.success(), "train failed: {}", stderr(&o));
+    for f in [
+        "config.toml",
+        "tokenizer.json",
+        "checkpoints/best.safetensors",
+        "checkpoints/last.safetensors",
+        "trainer_state.json",
+        "manifest.json",
+        "metrics.jsonl",
+    ] {
+        assert!(run.join(f).is_file(), "run directory lacks {f}");
+    }
+    assert_eq!(
+        std::fs::read_to_string(run.join("metrics.jsonl"))
+            .expect("metrics")
+            .lines()
+            .count(),
+        2
+    );
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("manifest.json")).expect("m"))
+            .expect("json");
+    assert_eq!(manifest["seed"], 1);
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        stdout.contains("BLEU = ") && stdout.contains("sample translations"),
+        "{stdout}"
+    );
+
+    let o = wick(&["evaluate", "--run", run_s, "--json", "--checkpoint", "last"]);
+    assert!(o.status.success(), "evaluate failed: {}", stderr(&o));
+    let report: serde_json::Value = serde_json::from_slice(&o.stdout).expect("one JSON object");
+    for key in [
+        "bleu",
+        "chrf",
+        "signature",
+        "exact_match",
+        "n_sentences",
+        "hyp_file",
+    ] {
+        assert!(
+            report.get(key).is_some(),
+            "evaluate --json lacks {key}: {report}"
+        );
+    }
+    assert_eq!(report["n_sentences"], 40);
+    let hyp_file = PathBuf::from(report["hyp_file"].as_str().expect("path"));
+    assert_eq!(
+        std::fs::read_to_string(hyp_file)
+            .expect("hyps")
+            .lines()
+            .count(),
+        40
+    );
+
+    let o = wick(&["translate", "--run", run_s, "a b c", "d e"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(String::from_utf8_lossy(&o.stdout).lines().count(), 2);
+    let o = wick_stdin(&["translate", "--run", run_s], "a b\n\nc d e f\ng\n");
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).lines().count(),
+        4,
+        "one output line per input line"
+    );
+
+    // The run directory is complete without the config file or the data that made it.
+    let o = wick(&["evaluate", "--run", run_s, "--split", "dev"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+}
+
+#[test]
+fn bad_inputs_are_clear_errors() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let run_dir = |n: &str| d.join(n).to_str().expect("utf8").to_string();
+
+    fails_with(&wick(&["train", "--config", "nope.toml"]), &["nope.toml"]);
+
+    let bad_key = d.join("bad.toml");
+    std::fs::write(&bad_key, "[train]\nmax_stepz = 3\n").expect("w");
+    fails_with(
+        &wick(&["train", "--config", bad_key.to_str().expect("p")]),
+        &["bad.toml", "max_stepz"],
+    );
+
+    fails_with(
+        &wick(&[
+            "train",
+            "--set",
+            "model.n_heads=3",
+            "--run-dir",
+            &run_dir("r1"),
+        ]),
+        &["model.d_model", "divisible"],
+    );
+
+    let missing = d.join("missing.tsv");
+    fails_with(
+        &wick(&[
+            "train",
+            "--set",
+            &format!("data.train=\"{}\"", missing.display()),
+            "--run-dir",
+            &run_dir("r2"),
+        ]),
+        &["missing.tsv"],
+    );
+
+    let bad_tsv = d.join("bad.tsv");
+    std::fs::write(&bad_tsv, "hello\tbonjour\njust one column\n").expect("w");
+    fails_with(
+        &wick(&[
+            "train",
+            "--set",
+            &format!("data.train=\"{}\"", bad_tsv.display()),
+            "--run-dir",
+            &run_dir("r3"),
+        ]),
+        &["bad.tsv:2", "tab"],
+    );
+
+    let (en, fr) = (d.join("x.en"), d.join("x.fr"));
+    std::fs::write(&en, "a\nb\nc\n").expect("w");
+    std::fs::write(&fr, "a\nb\n").expect("w");
+    let files = format!(
+        "data.train={{ src = \"{}\", tgt = \"{}\" }}",
+        en.display(),
+        fr.display()
+    );
+    fails_with(
+        &wick(&["train", "--set", &files, "--run-dir", &run_dir("r4")]),
+        &["x.en", "x.fr", "3 lines"],
+    );
+
+    let latin1 = d.join("latin1.tsv");
+    std::fs::write(&latin1, b"ok\tfine\ncaf\xe9\tcafe\n").expect("w");
+    fails_with(
+        &wick(&[
+            "train",
+            "--set",
+            &format!("data.train=\"{}\"", latin1.display()),
+            "--run-dir",
+            &run_dir("r5"),
+        ]),
+        &["latin1.tsv:2", "UTF-8"],
+    );
+
+    fails_with(
+        &wick(&["evaluate", "--run", d.to_str().expect("p")]),
+        &["not a wick run directory"],
+    );
+    fails_with(
+        &wick(&["translate", "--run", &run_dir("nothing-here"), "hi"]),
+        &["no such run directory"],
+    );
+    fails_with(
+        &wick(&["train", "--device", "cuda", "--run-dir", &run_dir("r6")]),
+        &["--features cuda"],
+    );
+    fails_with(
+        &wick(&["train", "--device", "tpu", "--run-dir", &run_dir("r7")]),
+        &["tpu"],
+    );
+
+    let empty_ref = d.join("ref.txt");
+    let hyp = d.join("hyp.txt");
+    std::fs::write(&empty_ref, "a\nb\n").expect("w");
+    std::fs::write(&hyp, "a\n").expect("w");
+    fails_with(
+        &wick(&[
+            "score",
+            "--ref",
+            empty_ref.to_str().expect("p"),
+            "--hyp",
+            hyp.to_str().expect("p"),
+        ]),
+        &["ref.txt", "2 lines"],
+    );
+}
+
+#[test]
+fn score_matches_sacrebleu_known_answer() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let r = dir.path().join("ref.txt");
+    let h = dir.path().join("hyp.txt");
+    std::fs::write(&r, "Ein Mann fährt Fahrrad.\nZwei Hunde spielen im Schnee.\nEine Frau liest ein Buch im Park.\n").expect("w");
+    std::fs::write(
+        &h,
+        "Ein Mann fährt ein Fahrrad.\nZwei Hunde spielen im Schnee.\nEine Frau liest im Park.\n",
+    )
+    .expect("w");
+    let o = wick(&[
+        "score",
+        "--ref",
+        r.to_str().expect("p"),
+        "--hyp",
+        h.to_str().expect("p"),
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    assert_eq!(format!("{:.2}", v["bleu"].as_f64().expect("bleu")), "58.56");
+    assert_eq!(format!("{:.2}", v["chrf"].as_f64().expect("chrf")), "81.87");
+}
