@@ -45,7 +45,7 @@ fn scaled_dot_product(
         Some(bias) => scores.broadcast_add(bias)?,
         None => scores,
     };
-    let probs = candle_nn::ops::softmax(&scores, D::Minus1)?;
+    let probs = crate::ops::softmax_last_dim(&scores)?;
     let out = dropout.forward_t(&probs, train)?.matmul(v)?; // (b, h, tq, dk)
     Ok((out, probs))
 }

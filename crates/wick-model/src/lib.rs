@@ -19,6 +19,7 @@ pub mod init;
 pub mod linear;
 pub mod mask;
 pub mod norm;
+pub mod ops;
 pub mod search;
 pub mod seq2seq;
 pub mod transformer;

@@ -1,7 +1,7 @@
 //! Layer normalisation (Ba et al., 2016) over the last dimension.
 //!
-//! Composed from differentiable ops on purpose: candle-nn 0.11's fused `LayerNorm` path has no
-//! backward and silently cuts the autograd graph (see `tests/gradients.rs`).
+//! Runs the fused kernel of [`crate::ops::layer_norm`] (with its own backward): candle-nn
+//! 0.11's fused `LayerNorm` has no backward and silently cuts the autograd graph.
 
 use candle_core::{D, Result, Tensor};
 use candle_nn::{Init, VarBuilder};

@@ -5,7 +5,7 @@
 //! `loss = (1 − ε)·(−log p_y) + ε·mean_v(−log p_v)`. The one-hot or smoothed target matrix is
 //! never built.
 
-use candle_core::{D, Result, Tensor};
+use candle_core::{Result, Tensor};
 
 /// Summed losses of a batch; divide by the number of target tokens to normalise.
 #[derive(Debug)]
@@ -37,27 +37,12 @@ pub fn label_smoothed_cross_entropy(
     }
     let n = b * t;
     let logits = logits.reshape((n, v))?; // (n, V)
-    let target = target.reshape((n, 1))?; // (n, 1)
+    let target = target.reshape(n)?; // (n,)
     let mask = mask.reshape(n)?; // (n,)
-    let log_probs = candle_nn::ops::log_softmax(&logits, D::Minus1)?; // (n, V)
-    let nll = log_probs.gather(&target, 1)?.squeeze(1)?.neg()?; // (n,)
-    let per_token = if epsilon > 0.0 {
-        let uniform = log_probs.mean(D::Minus1)?.neg()?; // (n,)
-        ((&nll * (1.0 - epsilon))? + (uniform * epsilon)?)?
-    } else {
-        nll.clone()
-    };
-    let smoothed = (per_token * &mask)?.sum_all()?;
-    let nll_sum = (nll.detach() * &mask)?.sum_all()?;
-    let hits = logits
-        .detach()
-        .argmax(D::Minus1)?
-        .eq(&target.squeeze(1)?)?
-        .to_dtype(mask.dtype())?;
-    let correct = (hits * &mask)?.sum_all()?;
+    let (per_token, nll, hits) = wick_model::ops::label_smoothed_cross_entropy(&logits, &target, epsilon)?; // (n,) each
     Ok(LossSums {
-        smoothed,
-        nll: nll_sum,
-        correct,
+        smoothed: (per_token * &mask)?.sum_all()?,
+        nll: (nll * &mask)?.sum_all()?,
+        correct: (hits * &mask)?.sum_all()?,
     })
 }

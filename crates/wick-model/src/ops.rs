@@ -1,0 +1,373 @@
+//! Fused CPU kernels with hand-written backward passes.
+//!
+//! Composed from Candle's primitives, a last-dim softmax is 5 full-size ops forward and
+//! about 10 backward, a layer norm about 10 and 25, and a label-smoothed cross-entropy over
+//! an `(n, V)` logit matrix builds a dozen `(n, V)` temporaries. Each op allocates a buffer
+//! and walks memory once, which is where a small-model training step loses most of its time
+//! (`../shared/notes/performance.md`). These kernels do each in one pass forward and one pass
+//! backward. candle-nn's own fused softmax and layer norm have no backward at all.
+//!
+//! Every kernel keeps its composed twin (`*_reference`): it runs on devices without a kernel
+//! (CUDA, Metal) and the tests check the kernels against it, forward and backward.
+
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, D, DType, Layout, Result, Shape, Tensor, bail};
+use rayon::prelude::*;
+
+/// Rows processed per parallel task; below this many elements a kernel runs serially.
+const PAR_MIN_ELEMS: usize = 1 << 15;
+
+fn slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
+    let data = match s {
+        CpuStorage::F32(v) => v.as_slice(),
+        _ => bail!("{what}: expected f32"),
+    };
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&data[a..b]),
+        None => bail!("{what}: expected a contiguous tensor"),
+    }
+}
+
+fn slice_u32<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [u32]> {
+    let data = match s {
+        CpuStorage::U32(v) => v.as_slice(),
+        _ => bail!("{what}: expected u32"),
+    };
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&data[a..b]),
+        None => bail!("{what}: expected a contiguous tensor"),
+    }
+}
+
+/// Runs `f(row_index, out_row)` over rows of width `d`, in parallel when large.
+fn for_rows(out: &mut [f32], d: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
+    if out.len() >= PAR_MIN_ELEMS {
+        out.par_chunks_mut(d).enumerate().for_each(|(i, row)| f(i, row));
+    } else {
+        out.chunks_mut(d).enumerate().for_each(|(i, row)| f(i, row));
+    }
+}
+
+fn use_kernel(xs: &Tensor) -> bool {
+    xs.device().is_cpu() && xs.dtype() == DType::F32
+}
+
+// ---------------------------------------------------------------------------------------
+// Softmax over the last dimension.
+
+struct Softmax;
+
+impl CustomOp1 for Softmax {
+    fn name(&self) -> &'static str {
+        "wick-softmax"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = slice(s, l, "softmax")?;
+        let d = l.dims().last().copied().unwrap_or(1).max(1);
+        let mut out = vec![0f32; x.len()];
+        for_rows(&mut out, d, |i, y| {
+            let xr = &x[i * d..(i + 1) * d];
+            let max = xr.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let mut sum = 0f32;
+            for (yj, &xj) in y.iter_mut().zip(xr) {
+                *yj = (xj - max).exp();
+                sum += *yj;
+            }
+            let inv = 1.0 / sum;
+            y.iter_mut().for_each(|v| *v *= inv);
+        });
+        Ok((CpuStorage::F32(out), l.shape().clone()))
+    }
+
+    fn bwd(&self, _arg: &Tensor, res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
+        let grad = grad_res.contiguous()?;
+        Ok(Some(res.apply_op2_no_bwd(&grad, &SoftmaxBackward)?))
+    }
+}
+
+/// `dx = y ⊙ (dy − Σ_j y_j dy_j)` per row.
+struct SoftmaxBackward;
+
+impl CustomOp2 for SoftmaxBackward {
+    fn name(&self) -> &'static str {
+        "wick-softmax-backward"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let y = slice(s1, l1, "softmax backward")?;
+        let dy = slice(s2, l2, "softmax backward")?;
+        let d = l1.dims().last().copied().unwrap_or(1).max(1);
+        let mut out = vec![0f32; y.len()];
+        for_rows(&mut out, d, |i, dx| {
+            let (yr, dyr) = (&y[i * d..(i + 1) * d], &dy[i * d..(i + 1) * d]);
+            let dot: f32 = yr.iter().zip(dyr).map(|(a, b)| a * b).sum();
+            for ((o, &yj), &gj) in dx.iter_mut().zip(yr).zip(dyr) {
+                *o = yj * (gj - dot);
+            }
+        });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+}
+
+/// Softmax over the last dimension, differentiable.
+pub fn softmax_last_dim(xs: &Tensor) -> Result<Tensor> {
+    if use_kernel(xs) {
+        xs.contiguous()?.apply_op1(Softmax)
+    } else {
+        softmax_reference(xs)
+    }
+}
+
+pub fn softmax_reference(xs: &Tensor) -> Result<Tensor> {
+    candle_nn::ops::softmax(xs, D::Minus1)
+}
+
+// ---------------------------------------------------------------------------------------
+// Layer norm over the last dimension.
+
+struct LayerNormOp {
+    eps: f32,
+}
+
+/// Mean and 1/σ of a row.
+fn row_stats(x: &[f32], eps: f32) -> (f32, f32) {
+    let n = x.len() as f32;
+    let mean = x.iter().sum::<f32>() / n;
+    let var = x.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n;
+    (mean, 1.0 / (var + eps).sqrt())
+}
+
+impl CustomOp3 for LayerNormOp {
+    fn name(&self) -> &'static str {
+        "wick-layer-norm"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = slice(s1, l1, "layer norm")?;
+        let (w, b) = (slice(s2, l2, "layer norm weight")?, slice(s3, l3, "layer norm bias")?);
+        let d = w.len();
+        let mut out = vec![0f32; x.len()];
+        for_rows(&mut out, d, |i, y| {
+            let xr = &x[i * d..(i + 1) * d];
+            let (mean, rstd) = row_stats(xr, self.eps);
+            for j in 0..d {
+                y[j] = (xr[j] - mean) * rstd * w[j] + b[j];
+            }
+        });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    fn bwd(&self, x: &Tensor, w: &Tensor, _b: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let d = w.dim(0)?;
+        let n = x.elem_count() / d;
+        let grad = grad_res.contiguous()?;
+        // One pass yields dx, dγ and dβ, packed as `[dx (n·d) | dγ (d) | dβ (d)]`.
+        let packed = x.apply_op3_no_bwd(w, &grad, &LayerNormBackward { eps: self.eps })?;
+        let dx = packed.narrow(0, 0, n * d)?.reshape(x.shape())?;
+        let dw = packed.narrow(0, n * d, d)?;
+        let db = packed.narrow(0, n * d + d, d)?;
+        Ok((Some(dx), Some(dw), Some(db)))
+    }
+}
+
+/// With x̂ = (x − μ)/σ and g = dy ⊙ γ: `dx = (g − mean(g) − x̂ ⊙ mean(g ⊙ x̂)) / σ`,
+/// `dγ = Σ_rows dy ⊙ x̂`, `dβ = Σ_rows dy`.
+struct LayerNormBackward {
+    eps: f32,
+}
+
+impl CustomOp3 for LayerNormBackward {
+    fn name(&self) -> &'static str {
+        "wick-layer-norm-backward"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = slice(s1, l1, "layer norm backward")?;
+        let w = slice(s2, l2, "layer norm backward")?;
+        let dy = slice(s3, l3, "layer norm backward")?;
+        let d = w.len();
+        let n = x.len() / d;
+        let mut out = vec![0f32; n * d + 2 * d];
+        let (dx, dwb) = out.split_at_mut(n * d);
+        // Row chunks in parallel, each with its own dγ/dβ partial sums, reduced at the end.
+        let rows_per_task = (PAR_MIN_ELEMS / d).max(1);
+        let partials: Vec<Vec<f32>> = dx
+            .par_chunks_mut(rows_per_task * d)
+            .enumerate()
+            .map(|(c, chunk)| {
+                let mut acc = vec![0f32; 2 * d];
+                let mut xhat = vec![0f32; d];
+                for (r, dxr) in chunk.chunks_mut(d).enumerate() {
+                    let i = c * rows_per_task + r;
+                    let (xr, dyr) = (&x[i * d..(i + 1) * d], &dy[i * d..(i + 1) * d]);
+                    let (mean, rstd) = row_stats(xr, self.eps);
+                    let (mut mean_g, mut mean_gx) = (0f32, 0f32);
+                    for j in 0..d {
+                        xhat[j] = (xr[j] - mean) * rstd;
+                        let g = dyr[j] * w[j];
+                        mean_g += g;
+                        mean_gx += g * xhat[j];
+                        acc[j] += dyr[j] * xhat[j];
+                        acc[d + j] += dyr[j];
+                    }
+                    mean_g /= d as f32;
+                    mean_gx /= d as f32;
+                    for j in 0..d {
+                        dxr[j] = (dyr[j] * w[j] - mean_g - xhat[j] * mean_gx) * rstd;
+                    }
+                }
+                acc
+            })
+            .collect();
+        for p in partials {
+            for (o, v) in dwb.iter_mut().zip(p) {
+                *o += v;
+            }
+        }
+        Ok((CpuStorage::F32(out), Shape::from(n * d + 2 * d)))
+    }
+}
+
+/// Layer norm over the last dimension with gain `w` and bias `b` (both `(d,)`),
+/// differentiable in all three.
+pub fn layer_norm(xs: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> Result<Tensor> {
+    if use_kernel(xs) {
+        xs.contiguous()?.apply_op3(&w.contiguous()?, &b.contiguous()?, LayerNormOp { eps: eps as f32 })
+    } else {
+        layer_norm_reference(xs, w, b, eps)
+    }
+}
+
+pub fn layer_norm_reference(xs: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> Result<Tensor> {
+    let mean = xs.mean_keepdim(D::Minus1)?;
+    let centred = xs.broadcast_sub(&mean)?;
+    let var = centred.sqr()?.mean_keepdim(D::Minus1)?;
+    let inv_std = (var + eps)?.sqrt()?.recip()?;
+    centred.broadcast_mul(&inv_std)?.broadcast_mul(w)?.broadcast_add(b)
+}
+
+// ---------------------------------------------------------------------------------------
+// Label-smoothed cross-entropy.
+
+/// Per row of `(n, V)` logits and target `y`: `[smoothed loss, −log p_y, argmax == y]`,
+/// where smoothed = (1 − ε)(−log p_y) + ε·mean_v(−log p_v). Only column 0 has a gradient.
+struct SmoothedCrossEntropy {
+    epsilon: f32,
+}
+
+impl CustomOp2 for SmoothedCrossEntropy {
+    fn name(&self) -> &'static str {
+        "wick-label-smoothed-ce"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = slice(s1, l1, "cross-entropy logits")?;
+        let y = slice_u32(s2, l2, "cross-entropy targets")?;
+        let (n, v) = l1.shape().dims2()?;
+        if let Some(&bad) = y.iter().find(|&&t| t as usize >= v) {
+            bail!("cross-entropy: target id {bad} outside a vocabulary of {v}")
+        }
+        let mut out = vec![0f32; n * 3];
+        let eps = self.epsilon;
+        let per_row = |i: usize, o: &mut [f32]| {
+            let xr = &x[i * v..(i + 1) * v];
+            let (mut max, mut arg) = (f32::NEG_INFINITY, 0usize);
+            for (j, &xj) in xr.iter().enumerate() {
+                if xj > max {
+                    max = xj;
+                    arg = j;
+                }
+            }
+            let sum_exp: f32 = xr.iter().map(|&xj| (xj - max).exp()).sum();
+            let lse = max + sum_exp.ln();
+            let mean_x = xr.iter().sum::<f32>() / v as f32;
+            let target = y[i] as usize;
+            let nll = lse - xr[target];
+            o[0] = (1.0 - eps) * nll + eps * (lse - mean_x);
+            o[1] = nll;
+            o[2] = if arg == target { 1.0 } else { 0.0 };
+        };
+        if n * v >= PAR_MIN_ELEMS {
+            out.par_chunks_mut(3).enumerate().for_each(|(i, o)| per_row(i, o));
+        } else {
+            out.chunks_mut(3).enumerate().for_each(|(i, o)| per_row(i, o));
+        }
+        Ok((CpuStorage::F32(out), Shape::from((n, 3))))
+    }
+
+    fn bwd(&self, logits: &Tensor, target: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let g = grad_res.narrow(1, 0, 1)?.squeeze(1)?.contiguous()?; // (n,)
+        let dx = logits.apply_op3_no_bwd(target, &g, &SmoothedCrossEntropyBackward { epsilon: self.epsilon })?;
+        Ok((Some(dx), None))
+    }
+}
+
+/// `dlogits = g_row · (softmax − q)` with `q = (1 − ε)·onehot(y) + ε/V`.
+struct SmoothedCrossEntropyBackward {
+    epsilon: f32,
+}
+
+impl CustomOp3 for SmoothedCrossEntropyBackward {
+    fn name(&self) -> &'static str {
+        "wick-label-smoothed-ce-backward"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = slice(s1, l1, "cross-entropy backward")?;
+        let y = slice_u32(s2, l2, "cross-entropy backward")?;
+        let g = slice(s3, l3, "cross-entropy backward")?;
+        let (_, v) = l1.shape().dims2()?;
+        let uniform = self.epsilon / v as f32;
+        let mut out = vec![0f32; x.len()];
+        for_rows(&mut out, v, |i, dx| {
+            let gi = g[i];
+            if gi == 0.0 {
+                return; // padded position: zero gradient, already zero
+            }
+            let xr = &x[i * v..(i + 1) * v];
+            let max = xr.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let mut sum = 0f32;
+            for (o, &xj) in dx.iter_mut().zip(xr) {
+                *o = (xj - max).exp();
+                sum += *o;
+            }
+            let scale = gi / sum;
+            for o in dx.iter_mut() {
+                *o = *o * scale - gi * uniform;
+            }
+            dx[y[i] as usize] -= gi * (1.0 - self.epsilon);
+        });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+}
+
+/// Per-row label-smoothed cross-entropy of `(n, V)` logits against `(n,)` u32 targets.
+///
+/// Returns `(smoothed (n,), nll (n,), correct (n,))`; only `smoothed` carries a gradient,
+/// `correct` is 1.0 where the argmax is the target.
+pub fn label_smoothed_cross_entropy(logits: &Tensor, target: &Tensor, epsilon: f64) -> Result<(Tensor, Tensor, Tensor)> {
+    let (n, _) = logits.dims2()?;
+    if target.dims() != [n] {
+        bail!("cross-entropy: logits {:?} need targets of shape [{n}], got {:?}", logits.dims(), target.dims())
+    }
+    if !use_kernel(logits) {
+        return label_smoothed_cross_entropy_reference(logits, target, epsilon);
+    }
+    let out = logits.contiguous()?.apply_op2(&target.contiguous()?, SmoothedCrossEntropy { epsilon: epsilon as f32 })?; // (n, 3)
+    let smoothed = out.narrow(1, 0, 1)?.squeeze(1)?;
+    let stats = out.detach();
+    Ok((smoothed, stats.narrow(1, 1, 1)?.squeeze(1)?, stats.narrow(1, 2, 1)?.squeeze(1)?))
+}
+
+pub fn label_smoothed_cross_entropy_reference(logits: &Tensor, target: &Tensor, epsilon: f64) -> Result<(Tensor, Tensor, Tensor)> {
+    let log_probs = candle_nn::ops::log_softmax(logits, D::Minus1)?; // (n, V)
+    let nll = log_probs.gather(&target.unsqueeze(1)?, 1)?.squeeze(1)?.neg()?; // (n,)
+    let smoothed = if epsilon > 0.0 {
+        let uniform = log_probs.mean(D::Minus1)?.neg()?;
+        ((&nll * (1.0 - epsilon))? + (uniform * epsilon)?)?
+    } else {
+        nll.clone()
+    };
+    let correct = logits.detach().argmax(D::Minus1)?.eq(target)?.to_dtype(DType::F32)?;
+    Ok((smoothed, nll.detach(), correct))
+}
