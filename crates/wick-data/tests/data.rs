@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic
 use std::io::Write;
 use std::path::Path;
 

@@ -10,7 +10,9 @@
 //! Every kernel keeps its composed twin (`*_reference`): it runs on devices without a kernel
 //! (CUDA, Metal) and the tests check the kernels against it, forward and backward.
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, D, DType, Layout, Result, Shape, Tensor, bail};
+use candle_core::{
+    CpuStorage, CustomOp1, CustomOp2, CustomOp3, D, DType, Layout, Result, Shape, Tensor, bail,
+};
 use rayon::prelude::*;
 
 /// Rows processed per parallel task; below this many elements a kernel runs serially.
@@ -41,7 +43,9 @@ fn slice_u32<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [u32]>
 /// Runs `f(row_index, out_row)` over rows of width `d`, in parallel when large.
 fn for_rows(out: &mut [f32], d: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
     if out.len() >= PAR_MIN_ELEMS {
-        out.par_chunks_mut(d).enumerate().for_each(|(i, row)| f(i, row));
+        out.par_chunks_mut(d)
+            .enumerate()
+            .for_each(|(i, row)| f(i, row));
     } else {
         out.chunks_mut(d).enumerate().for_each(|(i, row)| f(i, row));
     }
@@ -93,7 +97,13 @@ impl CustomOp2 for SoftmaxBackward {
         "wick-softmax-backward"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         let y = slice(s1, l1, "softmax backward")?;
         let dy = slice(s2, l2, "softmax backward")?;
         let d = l1.dims().last().copied().unwrap_or(1).max(1);
@@ -142,9 +152,20 @@ impl CustomOp3 for LayerNormOp {
         "wick-layer-norm"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         let x = slice(s1, l1, "layer norm")?;
-        let (w, b) = (slice(s2, l2, "layer norm weight")?, slice(s3, l3, "layer norm bias")?);
+        let (w, b) = (
+            slice(s2, l2, "layer norm weight")?,
+            slice(s3, l3, "layer norm bias")?,
+        );
         let d = w.len();
         let mut out = vec![0f32; x.len()];
         for_rows(&mut out, d, |i, y| {
@@ -157,7 +178,14 @@ impl CustomOp3 for LayerNormOp {
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 
-    fn bwd(&self, x: &Tensor, w: &Tensor, _b: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _b: &Tensor,
+        _res: &Tensor,
+        grad_res: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let d = w.dim(0)?;
         let n = x.elem_count() / d;
         let grad = grad_res.contiguous()?;
@@ -181,7 +209,15 @@ impl CustomOp3 for LayerNormBackward {
         "wick-layer-norm-backward"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         let x = slice(s1, l1, "layer norm backward")?;
         let w = slice(s2, l2, "layer norm backward")?;
         let dy = slice(s3, l3, "layer norm backward")?;
@@ -232,7 +268,11 @@ impl CustomOp3 for LayerNormBackward {
 /// differentiable in all three.
 pub fn layer_norm(xs: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> Result<Tensor> {
     if use_kernel(xs) {
-        xs.contiguous()?.apply_op3(&w.contiguous()?, &b.contiguous()?, LayerNormOp { eps: eps as f32 })
+        xs.contiguous()?.apply_op3(
+            &w.contiguous()?,
+            &b.contiguous()?,
+            LayerNormOp { eps: eps as f32 },
+        )
     } else {
         layer_norm_reference(xs, w, b, eps)
     }
@@ -243,7 +283,10 @@ pub fn layer_norm_reference(xs: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> Re
     let centred = xs.broadcast_sub(&mean)?;
     let var = centred.sqr()?.mean_keepdim(D::Minus1)?;
     let inv_std = (var + eps)?.sqrt()?.recip()?;
-    centred.broadcast_mul(&inv_std)?.broadcast_mul(w)?.broadcast_add(b)
+    centred
+        .broadcast_mul(&inv_std)?
+        .broadcast_mul(w)?
+        .broadcast_add(b)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -260,7 +303,13 @@ impl CustomOp2 for SmoothedCrossEntropy {
         "wick-label-smoothed-ce"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         let x = slice(s1, l1, "cross-entropy logits")?;
         let y = slice_u32(s2, l2, "cross-entropy targets")?;
         let (n, v) = l1.shape().dims2()?;
@@ -288,16 +337,32 @@ impl CustomOp2 for SmoothedCrossEntropy {
             o[2] = if arg == target { 1.0 } else { 0.0 };
         };
         if n * v >= PAR_MIN_ELEMS {
-            out.par_chunks_mut(3).enumerate().for_each(|(i, o)| per_row(i, o));
+            out.par_chunks_mut(3)
+                .enumerate()
+                .for_each(|(i, o)| per_row(i, o));
         } else {
-            out.chunks_mut(3).enumerate().for_each(|(i, o)| per_row(i, o));
+            out.chunks_mut(3)
+                .enumerate()
+                .for_each(|(i, o)| per_row(i, o));
         }
         Ok((CpuStorage::F32(out), Shape::from((n, 3))))
     }
 
-    fn bwd(&self, logits: &Tensor, target: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        logits: &Tensor,
+        target: &Tensor,
+        _res: &Tensor,
+        grad_res: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let g = grad_res.narrow(1, 0, 1)?.squeeze(1)?.contiguous()?; // (n,)
-        let dx = logits.apply_op3_no_bwd(target, &g, &SmoothedCrossEntropyBackward { epsilon: self.epsilon })?;
+        let dx = logits.apply_op3_no_bwd(
+            target,
+            &g,
+            &SmoothedCrossEntropyBackward {
+                epsilon: self.epsilon,
+            },
+        )?;
         Ok((Some(dx), None))
     }
 }
@@ -312,7 +377,15 @@ impl CustomOp3 for SmoothedCrossEntropyBackward {
         "wick-label-smoothed-ce-backward"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         let x = slice(s1, l1, "cross-entropy backward")?;
         let y = slice_u32(s2, l2, "cross-entropy backward")?;
         let g = slice(s3, l3, "cross-entropy backward")?;
@@ -345,29 +418,57 @@ impl CustomOp3 for SmoothedCrossEntropyBackward {
 ///
 /// Returns `(smoothed (n,), nll (n,), correct (n,))`; only `smoothed` carries a gradient,
 /// `correct` is 1.0 where the argmax is the target.
-pub fn label_smoothed_cross_entropy(logits: &Tensor, target: &Tensor, epsilon: f64) -> Result<(Tensor, Tensor, Tensor)> {
+pub fn label_smoothed_cross_entropy(
+    logits: &Tensor,
+    target: &Tensor,
+    epsilon: f64,
+) -> Result<(Tensor, Tensor, Tensor)> {
     let (n, _) = logits.dims2()?;
     if target.dims() != [n] {
-        bail!("cross-entropy: logits {:?} need targets of shape [{n}], got {:?}", logits.dims(), target.dims())
+        bail!(
+            "cross-entropy: logits {:?} need targets of shape [{n}], got {:?}",
+            logits.dims(),
+            target.dims()
+        )
     }
     if !use_kernel(logits) {
         return label_smoothed_cross_entropy_reference(logits, target, epsilon);
     }
-    let out = logits.contiguous()?.apply_op2(&target.contiguous()?, SmoothedCrossEntropy { epsilon: epsilon as f32 })?; // (n, 3)
+    let out = logits.contiguous()?.apply_op2(
+        &target.contiguous()?,
+        SmoothedCrossEntropy {
+            epsilon: epsilon as f32,
+        },
+    )?; // (n, 3)
     let smoothed = out.narrow(1, 0, 1)?.squeeze(1)?;
     let stats = out.detach();
-    Ok((smoothed, stats.narrow(1, 1, 1)?.squeeze(1)?, stats.narrow(1, 2, 1)?.squeeze(1)?))
+    Ok((
+        smoothed,
+        stats.narrow(1, 1, 1)?.squeeze(1)?,
+        stats.narrow(1, 2, 1)?.squeeze(1)?,
+    ))
 }
 
-pub fn label_smoothed_cross_entropy_reference(logits: &Tensor, target: &Tensor, epsilon: f64) -> Result<(Tensor, Tensor, Tensor)> {
+pub fn label_smoothed_cross_entropy_reference(
+    logits: &Tensor,
+    target: &Tensor,
+    epsilon: f64,
+) -> Result<(Tensor, Tensor, Tensor)> {
     let log_probs = candle_nn::ops::log_softmax(logits, D::Minus1)?; // (n, V)
-    let nll = log_probs.gather(&target.unsqueeze(1)?, 1)?.squeeze(1)?.neg()?; // (n,)
+    let nll = log_probs
+        .gather(&target.unsqueeze(1)?, 1)?
+        .squeeze(1)?
+        .neg()?; // (n,)
     let smoothed = if epsilon > 0.0 {
         let uniform = log_probs.mean(D::Minus1)?.neg()?;
         ((&nll * (1.0 - epsilon))? + (uniform * epsilon)?)?
     } else {
         nll.clone()
     };
-    let correct = logits.detach().argmax(D::Minus1)?.eq(target)?.to_dtype(DType::F32)?;
+    let correct = logits
+        .detach()
+        .argmax(D::Minus1)?
+        .eq(target)?
+        .to_dtype(DType::F32)?;
     Ok((smoothed, nll.detach(), correct))
 }

@@ -54,3 +54,210 @@ pub fn greedy<M: Seq2Seq>(
     }
     Ok(out)
 }
+
+/// One finished hypothesis of beam search.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Hypothesis {
+    /// Generated ids, without `<s>` and `</s>`.
+    pub tokens: Vec<u32>,
+    /// Σ log p of the tokens and the final `</s>` (when it was generated).
+    pub log_prob: f64,
+    /// `log_prob / length_penalty(len)`: what beams are ranked by.
+    pub score: f64,
+}
+
+/// Beam search settings.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct BeamConfig {
+    pub beam: usize,
+    /// α of the GNMT length penalty `((5 + len) / 6)^α` (Wu et al., 2016); 0 ranks by Σ log p.
+    pub length_penalty: f64,
+    /// Hypotheses returned per sentence (≤ beam).
+    pub n_best: usize,
+}
+
+/// GNMT length penalty of a hypothesis of `len` scored tokens (including `</s>`).
+pub fn length_penalty(len: usize, alpha: f64) -> f64 {
+    if alpha == 0.0 {
+        1.0
+    } else {
+        ((5.0 + len as f64) / 6.0).powf(alpha)
+    }
+}
+
+/// Batched beam search with the key/value cache.
+///
+/// Every sentence keeps `beam` live hypotheses; each step scores all `beam × V` extensions,
+/// moves those ending in `</s>` to the finished list and keeps the best `beam` others. A
+/// sentence is done once it has `beam` finished hypotheses, or when its live hypotheses
+/// reach `max_len[i]` tokens (they are then finished without `</s>`). Rows of finished
+/// sentences are dropped from the batch, so the cost follows the sentences still decoding.
+/// Returns, per sentence, up to `n_best` hypotheses sorted by score (best first).
+pub fn beam_search<M: Seq2Seq>(
+    model: &M,
+    memory: &Memory,
+    ids: SpecialIds,
+    max_len: &[usize],
+    cfg: BeamConfig,
+) -> Result<Vec<Vec<Hypothesis>>> {
+    let b = memory.batch_size()?;
+    let k = cfg.beam.max(1);
+    if max_len.len() != b {
+        candle_core::bail!(
+            "beam search: {} length limits for a batch of {b}",
+            max_len.len()
+        )
+    }
+    let device = memory.states.device().clone();
+    // Per sentence: live beams (tokens, log p) and finished hypotheses.
+    struct Live {
+        tokens: Vec<u32>,
+        log_prob: f64,
+    }
+    let mut finished: Vec<Vec<Hypothesis>> = vec![Vec::new(); b];
+    let mut live: Vec<Vec<Live>> = (0..b)
+        .map(|_| {
+            vec![Live {
+                tokens: Vec::new(),
+                log_prob: 0.0,
+            }]
+        })
+        .collect();
+    // `active` lists the sentences still decoding, in the order of their rows in the batch;
+    // each has `live[s].len()` consecutive rows.
+    let mut active: Vec<usize> = (0..b).filter(|&s| max_len[s] > 0).collect();
+    for s in 0..b {
+        if max_len[s] == 0 {
+            finished[s].push(Hypothesis {
+                tokens: Vec::new(),
+                log_prob: 0.0,
+                score: 0.0,
+            });
+        }
+    }
+    let rows: Vec<u32> = active.iter().map(|&s| s as u32).collect();
+    if rows.is_empty() {
+        return Ok(finished);
+    }
+    let index = Tensor::new(rows.as_slice(), &device)?;
+    let mut mem = memory.index_select(&index)?;
+    let mut cache = model.start_decoding(&mem)?;
+    let mut tokens = Tensor::full(ids.bos, (rows.len(), 1), &device)?;
+    let mut step = 0usize;
+    while !active.is_empty() {
+        step += 1;
+        let logits = model.decode_step(&mem, &tokens, &mut cache)?; // (rows, V)
+        let log_probs = candle_nn::ops::log_softmax(&logits, D::Minus1)?.to_vec2::<f32>()?;
+        let mut next_rows: Vec<u32> = Vec::new();
+        let mut next_tokens: Vec<u32> = Vec::new();
+        let mut next_active = Vec::new();
+        let mut row = 0usize;
+        for &s in &active {
+            let n_live = live[s].len();
+            // Candidates (log p, beam, token), best first; 2k are enough to find k that do
+            // not end the sentence.
+            let mut cands: Vec<(f64, usize, u32)> = Vec::with_capacity(n_live * 2 * k);
+            for (j, lv) in live[s].iter().enumerate() {
+                let lp = &log_probs[row + j];
+                let mut order: Vec<u32> = (0..lp.len() as u32).collect();
+                let take = (2 * k).min(order.len());
+                order.select_nth_unstable_by(take - 1, |&a, &c| {
+                    lp[c as usize].total_cmp(&lp[a as usize])
+                });
+                for &t in &order[..take] {
+                    cands.push((lv.log_prob + lp[t as usize] as f64, j, t));
+                }
+            }
+            cands.sort_by(|a, c| c.0.total_cmp(&a.0).then(a.1.cmp(&c.1)).then(a.2.cmp(&c.2)));
+            let mut new_live = Vec::new();
+            for (lp, j, t) in cands {
+                if new_live.len() == k || finished[s].len() >= k {
+                    break;
+                }
+                let prefix = &live[s][j].tokens;
+                if t == ids.eos {
+                    let len = prefix.len() + 1;
+                    finished[s].push(Hypothesis {
+                        tokens: prefix.clone(),
+                        log_prob: lp,
+                        score: lp / length_penalty(len, cfg.length_penalty),
+                    });
+                } else {
+                    let mut toks = prefix.clone();
+                    toks.push(t);
+                    new_live.push((
+                        Live {
+                            tokens: toks,
+                            log_prob: lp,
+                        },
+                        row + j,
+                        t,
+                    ));
+                }
+            }
+            if finished[s].len() >= k || step >= max_len[s] {
+                // Out of length: live hypotheses end here, scored without `</s>`.
+                if finished[s].len() < k {
+                    for (lv, _, _) in new_live {
+                        let len = lv.tokens.len();
+                        finished[s].push(Hypothesis {
+                            score: lv.log_prob / length_penalty(len, cfg.length_penalty),
+                            tokens: lv.tokens,
+                            log_prob: lv.log_prob,
+                        });
+                    }
+                }
+            } else {
+                next_active.push(s);
+                live[s] = new_live
+                    .into_iter()
+                    .map(|(lv, r, t)| {
+                        next_rows.push(r as u32);
+                        next_tokens.push(t);
+                        lv
+                    })
+                    .collect();
+            }
+            row += n_live;
+        }
+        active = next_active;
+        if active.is_empty() {
+            break;
+        }
+        let index = Tensor::new(next_rows.as_slice(), &device)?;
+        mem = mem.index_select(&index)?;
+        cache = model.select_cache(&cache, &index)?;
+        tokens = Tensor::new(next_tokens.as_slice(), &device)?.reshape((next_tokens.len(), 1))?;
+    }
+    for hyps in &mut finished {
+        hyps.sort_by(|a, c| c.score.total_cmp(&a.score));
+        hyps.truncate(cfg.n_best.max(1));
+    }
+    Ok(finished)
+}
+
+/// Σ log p of `tokens` followed by `</s>` under teacher forcing, for one sentence of
+/// `memory` (batch of 1): the score beam search assigns, recomputed from scratch.
+pub fn forced_log_prob<M: Seq2Seq>(
+    model: &M,
+    memory: &Memory,
+    ids: SpecialIds,
+    tokens: &[u32],
+    with_eos: bool,
+) -> Result<f64> {
+    let device = memory.states.device();
+    let input: Vec<u32> = std::iter::once(ids.bos)
+        .chain(tokens.iter().copied())
+        .collect();
+    let target: Vec<u32> = tokens
+        .iter()
+        .copied()
+        .chain(std::iter::once(ids.eos))
+        .collect();
+    let n = if with_eos { target.len() } else { tokens.len() };
+    let t = Tensor::new(input.as_slice(), device)?.unsqueeze(0)?;
+    let lp = candle_nn::ops::log_softmax(&model.forward_t(memory, &t, false)?, D::Minus1)?
+        .squeeze(0)?
+        .to_vec2::<f32>()?;
+    Ok((0..n).map(|i| lp[i][target[i] as usize] as f64).sum())
+}

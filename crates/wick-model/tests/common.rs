@@ -1,4 +1,6 @@
 //! Helpers shared by the model tests (included with `mod common;`).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic
 #![allow(dead_code)]
 
 use candle_core::{DType, Device, Result, Tensor};

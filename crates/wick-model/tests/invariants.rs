@@ -1,5 +1,7 @@
 //! Shape, padding-invariance, causality and cache-equivalence tests of the Transformer.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic
+
 mod common;
 
 use candle_core::{D, Device, IndexOp, Result, Tensor};

@@ -75,10 +75,55 @@ pub struct RunArgs {
     pub device: String,
 }
 
+/// Decoding overrides; unset flags keep the run's `[decode]` values.
+#[derive(Debug, Args)]
+pub struct DecodeArgs {
+    /// Beam size (1: greedy).
+    #[arg(long)]
+    pub beam: Option<usize>,
+    /// α of the GNMT length penalty for beam search.
+    #[arg(long)]
+    pub length_penalty: Option<f64>,
+    /// Output length limit a · source tokens + b: the a.
+    #[arg(long)]
+    pub max_len_a: Option<f64>,
+    /// Output length limit a · source tokens + b: the b.
+    #[arg(long)]
+    pub max_len_b: Option<usize>,
+    /// Source tokens per decoding batch.
+    #[arg(long)]
+    pub batch_tokens: Option<usize>,
+}
+
+impl DecodeArgs {
+    /// Applies the flags to a run's config and re-validates it.
+    fn apply(&self, cfg: &mut Config) -> Result<()> {
+        let d = &mut cfg.decode;
+        if let Some(v) = self.beam {
+            d.beam = v;
+        }
+        if let Some(v) = self.length_penalty {
+            d.length_penalty = v;
+        }
+        if let Some(v) = self.max_len_a {
+            d.max_len_a = v;
+        }
+        if let Some(v) = self.max_len_b {
+            d.max_len_b = v;
+        }
+        if let Some(v) = self.batch_tokens {
+            d.batch_tokens = v;
+        }
+        Ok(cfg.validate()?)
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct EvaluateArgs {
     #[command(flatten)]
     pub run: RunArgs,
+    #[command(flatten)]
+    pub decode: DecodeArgs,
     /// Split of the run's config to translate.
     #[arg(long, value_enum, default_value = "test")]
     pub split: Split,
@@ -100,6 +145,8 @@ pub struct EvaluateArgs {
 pub struct TranslateArgs {
     #[command(flatten)]
     pub run: RunArgs,
+    #[command(flatten)]
+    pub decode: DecodeArgs,
     /// Sentences to translate; without any, stdin is read line by line.
     pub text: Vec<String>,
 }
@@ -261,7 +308,8 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
 
 fn cmd_evaluate(a: EvaluateArgs) -> Result<()> {
     let device = parse_device(&a.run.device)?;
-    let run = Run::open(&a.run.run)?;
+    let mut run = Run::open(&a.run.run)?;
+    a.decode.apply(&mut run.config)?;
     let src_ref = a.src.zip(a.reference);
     let report = evaluate(EvalRequest {
         run: &run,
@@ -294,7 +342,8 @@ fn cmd_evaluate(a: EvaluateArgs) -> Result<()> {
 
 fn cmd_translate(a: TranslateArgs) -> Result<()> {
     let device = parse_device(&a.run.device)?;
-    let run = Run::open(&a.run.run)?;
+    let mut run = Run::open(&a.run.run)?;
+    a.decode.apply(&mut run.config)?;
     let model = run.load_model(a.run.checkpoint, &device)?;
     let out = std::io::stdout();
     let mut out = out.lock();

@@ -174,6 +174,10 @@ impl Default for TrainConfig {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DecodeConfig {
+    /// Beam size; 1 is greedy decoding.
+    pub beam: usize,
+    /// α of the GNMT length penalty `((5 + len) / 6)^α` used to rank beam hypotheses.
+    pub length_penalty: f64,
     /// Output length limit: `max_len_a · source_tokens + max_len_b` subword tokens.
     pub max_len_a: f64,
     pub max_len_b: usize,
@@ -184,6 +188,8 @@ pub struct DecodeConfig {
 impl Default for DecodeConfig {
     fn default() -> Self {
         Self {
+            beam: 1,
+            length_penalty: 0.6,
             max_len_a: 1.5,
             max_len_b: 10,
             batch_tokens: 6000,
@@ -404,6 +410,15 @@ impl Config {
         let dc = &self.decode;
         if !(dc.max_len_a >= 0.0 && dc.max_len_a.is_finite()) {
             return Err(invalid("decode.max_len_a", "must be a non-negative number"));
+        }
+        if dc.beam == 0 {
+            return Err(invalid("decode.beam", "must be at least 1"));
+        }
+        if !(dc.length_penalty >= 0.0 && dc.length_penalty.is_finite()) {
+            return Err(invalid(
+                "decode.length_penalty",
+                "must be a non-negative number",
+            ));
         }
         if dc.batch_tokens == 0 {
             return Err(invalid("decode.batch_tokens", "must be positive"));

@@ -28,6 +28,8 @@ pub struct EvalReport {
     pub n_sentences: usize,
     pub hyp_file: PathBuf,
     pub checkpoint: PathBuf,
+    /// Beam size used (1: greedy).
+    pub beam: usize,
     pub seconds: f64,
     pub sentences_per_s: f64,
 }
@@ -107,6 +109,7 @@ pub fn evaluate(req: EvalRequest) -> Result<EvalReport> {
         n_sentences: hyps.len(),
         hyp_file,
         checkpoint: run.checkpoint_path(req.which),
+        beam: run.config.decode.beam,
         seconds,
         sentences_per_s: hyps.len() as f64 / seconds.max(1e-9),
     })

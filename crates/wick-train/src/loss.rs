@@ -39,7 +39,8 @@ pub fn label_smoothed_cross_entropy(
     let logits = logits.reshape((n, v))?; // (n, V)
     let target = target.reshape(n)?; // (n,)
     let mask = mask.reshape(n)?; // (n,)
-    let (per_token, nll, hits) = wick_model::ops::label_smoothed_cross_entropy(&logits, &target, epsilon)?; // (n,) each
+    let (per_token, nll, hits) =
+        wick_model::ops::label_smoothed_cross_entropy(&logits, &target, epsilon)?; // (n,) each
     Ok(LossSums {
         smoothed: (per_token * &mask)?.sum_all()?,
         nll: (nll * &mask)?.sum_all()?,

@@ -227,12 +227,12 @@ pub fn bleu_segment(opts: BleuOptions, hyp: &str, refs: &[&str]) -> BleuStats {
         ref_len,
         ..Default::default()
     };
-    for n in 0..4 {
+    for (n, ref_counts) in max_ref_counts.iter().enumerate() {
         let hyp_counts = word_ngrams(&hyp_tokens, n + 1);
         stats.total[n] = hyp_len.saturating_sub(n);
         stats.correct[n] = hyp_counts
             .iter()
-            .map(|(g, &c)| c.min(*max_ref_counts[n].get(g).unwrap_or(&0)))
+            .map(|(g, &c)| c.min(*ref_counts.get(g).unwrap_or(&0)))
             .sum();
     }
     stats
@@ -259,11 +259,11 @@ pub fn bleu_from_stats(stats: &BleuStats, opts: BleuOptions, n_refs: usize) -> B
     let mut score = 0.0;
     if stats.correct.iter().any(|&c| c > 0) {
         let mut smooth = 1.0;
-        for n in 0..4 {
+        for (n, precision) in precisions.iter_mut().enumerate() {
             if stats.total[n] == 0 {
                 break;
             }
-            precisions[n] = if stats.correct[n] == 0 {
+            *precision = if stats.correct[n] == 0 {
                 smooth *= 2.0;
                 100.0 / (smooth * stats.total[n] as f64)
             } else {

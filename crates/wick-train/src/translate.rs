@@ -1,11 +1,11 @@
-//! Batched translation: sources are sorted by length into token-budget batches, decoded, and
-//! returned in input order.
+//! Batched translation: sources are sorted by length into token-budget batches, decoded
+//! greedily or with beam search, and returned in input order.
 
 use anyhow::Result;
 use wick_data::SourceBatch;
 use wick_data::batcher::token_batches;
 use wick_data::tokenizer::SPECIALS;
-use wick_model::search::{SpecialIds, greedy};
+use wick_model::search::{BeamConfig, SpecialIds, beam_search, greedy};
 use wick_model::{Seq2Seq, Transformer};
 
 use crate::config::DecodeConfig;
@@ -47,7 +47,19 @@ pub fn translate_ids(
                     .min(max_positions - 1)
             })
             .collect();
-        let hyps = greedy(model, &memory, special, &max_len)?;
+        let hyps = if decode.beam <= 1 {
+            greedy(model, &memory, special, &max_len)?
+        } else {
+            let cfg = BeamConfig {
+                beam: decode.beam,
+                length_penalty: decode.length_penalty,
+                n_best: 1,
+            };
+            beam_search(model, &memory, special, &max_len, cfg)?
+                .into_iter()
+                .map(|mut h| h.swap_remove(0).tokens)
+                .collect()
+        };
         for (i, hyp) in rows.into_iter().zip(hyps) {
             out[i] = hyp;
         }

@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic
 use std::collections::{BTreeMap, HashMap};
 
 use candle_core::{Device, Tensor};

@@ -1,6 +1,8 @@
 //! The `wick` binary end to end: a small training run, evaluate and translate on its run
 //! directory, and clear errors (non-zero exit, no panic) for bad input.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
@@ -286,4 +288,62 @@ fn score_matches_sacrebleu_known_answer() {
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
     assert_eq!(format!("{:.2}", v["bleu"].as_f64().expect("bleu")), "58.56");
     assert_eq!(format!("{:.2}", v["chrf"].as_f64().expect("chrf")), "81.87");
+}
+
+#[test]
+fn killed_training_leaves_loadable_checkpoints() {
+    use std::time::{Duration, Instant};
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (attempt, extra_ms) in [0u64, 150, 330].into_iter().enumerate() {
+        let run = dir.path().join(format!("run{attempt}"));
+        let mut child = Command::new(env!("CARGO_BIN_EXE_wick"))
+            .args([
+                "train",
+                "--config",
+                "configs/reverse.toml",
+                "--run-dir",
+                run.to_str().expect("utf8"),
+            ])
+            .args([
+                "--set",
+                "train.checkpoint_every=1",
+                "--set",
+                "train.validate_every=5",
+                "--set",
+                "train.max_steps=100000",
+            ])
+            .args([
+                "--set",
+                "data.synthetic.n_train=400",
+                "--set",
+                "model.d_model=32",
+                "--set",
+                "model.d_ff=64",
+            ])
+            .current_dir(repo_root())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn");
+        // Wait until checkpoints are being rewritten every step, then SIGKILL mid-run.
+        let last = run.join("checkpoints/last.safetensors");
+        let start = Instant::now();
+        while !last.exists() && start.elapsed() < Duration::from_secs(60) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        std::thread::sleep(Duration::from_millis(100 + extra_ms));
+        child.kill().expect("kill");
+        child.wait().expect("wait");
+        assert!(last.exists(), "no checkpoint was written before the kill");
+        let r = wick_train::run::Run::open(&run).expect("the run directory opens after a kill");
+        for which in [wick_train::run::Which::Last, wick_train::run::Which::Best] {
+            if r.checkpoint_path(which).exists() {
+                r.load_model(which, &candle_core::Device::Cpu)
+                    .unwrap_or_else(|e| {
+                        panic!("{which:?} checkpoint unloadable after kill: {e:#}")
+                    });
+            }
+        }
+    }
 }

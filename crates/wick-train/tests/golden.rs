@@ -2,6 +2,8 @@
 //! weights: logits, label-smoothed loss and the gradient of every parameter.
 //! The fixtures are written by `scripts/reference/golden_transformer.py` (PyTorch 2.15).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic
+
 use std::collections::HashMap;
 use std::path::Path;
 

@@ -1,6 +1,8 @@
 //! BLEU and chrF against known answers from sacreBLEU 2.6.0 (`../shared/data/README.md` and
 //! `sacrebleu` run on the same strings).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic
+
 use wick_train::metrics::{
     BleuOptions, BleuTokenizer, ChrfOptions, corpus_bleu, corpus_chrf, tokenize,
 };

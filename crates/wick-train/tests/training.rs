@@ -1,5 +1,7 @@
 //! Training behaviour: overfitting one batch, and a whole `wick train` run.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic
+
 use candle_core::{DType, Device};
 use wick_data::tokenizer::SPECIALS;
 use wick_data::{Batch, Example};

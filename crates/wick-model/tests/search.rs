@@ -1,0 +1,137 @@
+//! Beam search: beam 1 is greedy, results do not depend on the batch, n-best lists are
+//! sorted and their scores are the model's own forced-decoding scores.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic
+
+mod common;
+
+use candle_core::{Device, Result, Tensor};
+use common::*;
+use wick_model::search::{
+    BeamConfig, SpecialIds, beam_search, forced_log_prob, greedy, length_penalty,
+};
+use wick_model::{NormPosition, Seq2Seq, Tying};
+
+const IDS: SpecialIds = SpecialIds { bos: BOS, eos: EOS };
+
+/// 37 sources of mixed lengths.
+fn sources() -> Vec<Vec<u32>> {
+    (0..37)
+        .map(|i| {
+            (0..(1 + (i * 5) % 9))
+                .map(|j| 3 + ((i * 7 + j * 3) % 26) as u32)
+                .chain([EOS])
+                .collect()
+        })
+        .collect()
+}
+
+/// A model whose outputs are not dominated by one token: sharper logits than the default init.
+fn model(seed: u64) -> Result<wick_model::Transformer> {
+    let mut cfg = tiny_config(NormPosition::Post, Tying::All);
+    cfg.dropout = 0.0;
+    let (m, store) = build(&cfg, seed)?;
+    for (_, v) in store.vars() {
+        v.set(&(v.as_tensor() * 2.5)?)?;
+    }
+    Ok(m)
+}
+
+#[test]
+fn beam_of_one_is_greedy() -> Result<()> {
+    let m = model(21)?;
+    let (src, mask) = padded(&sources(), PAD)?;
+    let memory = m.encode(&src, &mask, false)?;
+    let max_len = vec![12; 37];
+    let g = greedy(&m, &memory, IDS, &max_len)?;
+    let b = beam_search(
+        &m,
+        &memory,
+        IDS,
+        &max_len,
+        BeamConfig {
+            beam: 1,
+            length_penalty: 0.0,
+            n_best: 1,
+        },
+    )?;
+    for (i, (gh, bh)) in g.iter().zip(&b).enumerate() {
+        assert_eq!(gh, &bh[0].tokens, "sentence {i}");
+    }
+    Ok(())
+}
+
+#[test]
+fn output_does_not_depend_on_the_batch() -> Result<()> {
+    let m = model(22)?;
+    let srcs = sources();
+    let (src, mask) = padded(&srcs, PAD)?;
+    let memory = m.encode(&src, &mask, false)?;
+    let max_len: Vec<usize> = srcs.iter().map(|s| s.len() + 3).collect();
+    let cfg = BeamConfig {
+        beam: 4,
+        length_penalty: 0.6,
+        n_best: 4,
+    };
+    let batched = beam_search(&m, &memory, IDS, &max_len, cfg)?;
+    let greedy_batched = greedy(&m, &memory, IDS, &max_len)?;
+    for (i, s) in srcs.iter().enumerate() {
+        let (one, one_mask) = padded(std::slice::from_ref(s), PAD)?;
+        let mem1 = m.encode(&one, &one_mask, false)?;
+        let alone = beam_search(&m, &mem1, IDS, &max_len[i..=i], cfg)?;
+        let a: Vec<&Vec<u32>> = alone[0].iter().map(|h| &h.tokens).collect();
+        let b: Vec<&Vec<u32>> = batched[i].iter().map(|h| &h.tokens).collect();
+        assert_eq!(a, b, "sentence {i}: beam output changed with the batch");
+        for (x, y) in alone[0].iter().zip(&batched[i]) {
+            assert!((x.score - y.score).abs() < 1e-4);
+        }
+        assert_eq!(
+            greedy(&m, &mem1, IDS, &max_len[i..=i])?[0],
+            greedy_batched[i],
+            "sentence {i}: greedy changed with the batch"
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn n_best_is_sorted_and_scores_are_forced_decoding_scores() -> Result<()> {
+    let m = model(23)?;
+    let srcs = sources();
+    let (src, mask) = padded(&srcs[..8], PAD)?;
+    let memory = m.encode(&src, &mask, false)?;
+    let max_len = vec![10; 8];
+    for alpha in [0.0, 1.0] {
+        let out = beam_search(
+            &m,
+            &memory,
+            IDS,
+            &max_len,
+            BeamConfig {
+                beam: 5,
+                length_penalty: alpha,
+                n_best: 5,
+            },
+        )?;
+        for (i, hyps) in out.iter().enumerate() {
+            assert!(!hyps.is_empty());
+            assert!(
+                hyps.windows(2).all(|w| w[0].score >= w[1].score),
+                "sentence {i}: n-best not sorted"
+            );
+            let one = memory.index_select(&Tensor::new(&[i as u32], &Device::Cpu)?)?;
+            for h in hyps {
+                let ended = h.tokens.len() < max_len[i];
+                let lp = forced_log_prob(&m, &one, IDS, &h.tokens, ended)?;
+                assert!(
+                    (lp - h.log_prob).abs() < 1e-3,
+                    "sentence {i}: log p {} vs forced {lp}",
+                    h.log_prob
+                );
+                let len = h.tokens.len() + usize::from(ended);
+                assert!((lp / length_penalty(len, alpha) - h.score).abs() < 1e-3);
+            }
+        }
+    }
+    Ok(())
+}
