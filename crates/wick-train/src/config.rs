@@ -99,6 +99,17 @@ pub enum ScheduleKind {
     InverseSqrt,
     /// Linear warm-up to `lr`, then constant.
     Constant,
+    /// Linear warm-up to `lr`, then half a cosine down to 0 at `train.max_steps`
+    /// (Loshchilov & Hutter, 2017): anneals a run of known length.
+    Cosine,
+}
+
+/// The dev-set figure that selects the best checkpoint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BestMetric {
+    Bleu,
+    Loss,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -137,7 +148,10 @@ pub struct TrainConfig {
     pub validate_every: usize,
     /// Write `last.safetensors` every this many updates (0: at validation only).
     pub checkpoint_every: usize,
-    /// Stop when dev BLEU has not improved for this many validations (0: never).
+    /// What picks `best.safetensors` and drives early stopping: `bleu` (higher is better)
+    /// or `loss` (dev cross-entropy, lower is better).
+    pub best_metric: BestMetric,
+    /// Stop when the best metric has not improved for this many validations (0: never).
     pub patience: usize,
     /// Translate at most this many dev sentences for validation BLEU (0: all).
     pub valid_max_sentences: usize,
@@ -165,6 +179,7 @@ impl Default for TrainConfig {
             log_every: 50,
             validate_every: 0,
             checkpoint_every: 0,
+            best_metric: BestMetric::Bleu,
             patience: 0,
             valid_max_sentences: 0,
         }
@@ -366,6 +381,15 @@ impl Config {
             return Err(invalid(
                 "train.max_steps",
                 "no stopping rule: set train.max_steps, train.max_epochs or train.max_minutes",
+            ));
+        }
+        if t.schedule == ScheduleKind::Cosine && t.max_steps <= t.warmup_steps {
+            return Err(invalid(
+                "train.schedule",
+                format!(
+                    "\"cosine\" decays to 0 at train.max_steps, which must exceed train.warmup_steps = {}",
+                    t.warmup_steps
+                ),
             ));
         }
         if t.batch_tokens < d.max_len + 1 {

@@ -81,7 +81,10 @@ impl Tokenizers {
 pub struct TrainerState {
     pub step: usize,
     pub epoch: usize,
+    /// Dev BLEU of the best checkpoint.
     pub best_bleu: Option<f64>,
+    /// The selection figure of the best checkpoint (BLEU, or −loss), higher is better.
+    pub best_score: Option<f64>,
     pub best_step: Option<usize>,
     /// Validations since the best one (early stopping).
     pub bad_validations: usize,

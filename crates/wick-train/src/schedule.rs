@@ -13,6 +13,11 @@ pub fn learning_rate(cfg: &TrainConfig, step: usize) -> f64 {
     };
     match cfg.schedule {
         ScheduleKind::Constant => cfg.lr * ramp,
+        ScheduleKind::Cosine => {
+            let span = (cfg.max_steps as f64 - warmup).max(1.0);
+            let progress = ((step - warmup) / span).clamp(0.0, 1.0);
+            cfg.lr * ramp.min(0.5 * (1.0 + (std::f64::consts::PI * progress).cos()))
+        }
         ScheduleKind::InverseSqrt => {
             let decay = if warmup > 0.0 {
                 (warmup / step).sqrt().min(1.0)

@@ -17,7 +17,7 @@ use wick_data::{Batch, Example, Pair};
 use wick_model::{DropoutRng, ParamStore, Seq2Seq, Transformer};
 
 use crate::checkpoint;
-use crate::config::Config;
+use crate::config::{BestMetric, Config};
 use crate::loss::label_smoothed_cross_entropy;
 use crate::metrics::{BleuOptions, ChrfOptions, corpus_bleu, corpus_chrf};
 use crate::optim::AdamW;
@@ -223,7 +223,13 @@ impl Trainer {
             .append(true)
             .open(self.dir.join("metrics.jsonl"))?;
         writeln!(f, "{}", serde_json::to_string(&v)?)?;
-        if self.state.best_bleu.is_none_or(|b| dev_bleu > b) {
+        // Both metrics are kept as "higher is better" so one comparison serves.
+        let figure = match self.cfg.train.best_metric {
+            BestMetric::Bleu => dev_bleu,
+            BestMetric::Loss => -dev_loss,
+        };
+        if self.state.best_score.is_none_or(|b| figure > b) {
+            self.state.best_score = Some(figure);
             self.state.best_bleu = Some(dev_bleu);
             self.state.best_step = Some(self.state.step);
             self.state.bad_validations = 0;
@@ -497,22 +503,22 @@ fn run_loop(tr: &mut Trainer, train: &[Example], t0: Instant) -> Result<TrainSum
                 log(
                     &pb,
                     format!(
-                        "validation step {step}: dev loss {:.3} ppl {:.2} acc {:.1}% BLEU {:.2} chrF {:.2} (best {:.2} at step {})",
+                        "validation step {step}: dev loss {:.3} ppl {:.2} acc {:.1}% BLEU {:.2} chrF {:.2} (best: step {} with BLEU {:.2})",
                         v.dev_loss,
                         v.dev_ppl,
                         100.0 * v.dev_acc,
                         v.dev_bleu,
                         v.dev_chrf,
-                        tr.state.best_bleu.unwrap_or(0.0),
-                        tr.state.best_step.unwrap_or(0)
+                        tr.state.best_step.unwrap_or(0),
+                        tr.state.best_bleu.unwrap_or(0.0)
                     ),
                 );
                 (window_loss, window_tokens) = (0.0, 0);
                 tr.save("last.safetensors", Some(v.dev_bleu))?;
                 if t.patience > 0 && tr.state.bad_validations >= t.patience {
                     stop_reason = format!(
-                        "early stop: dev BLEU did not improve for {} validations",
-                        t.patience
+                        "early stop: dev {:?} did not improve for {} validations",
+                        t.best_metric, t.patience
                     );
                     break 'epochs;
                 }

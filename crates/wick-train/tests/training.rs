@@ -83,3 +83,20 @@ fn schedule_warms_up_then_decays() {
     assert!((lr(100) - 1e-3).abs() < 1e-12);
     assert!((lr(400) - 5e-4).abs() < 1e-12);
 }
+
+#[test]
+fn cosine_schedule_anneals_to_zero_at_max_steps() {
+    let cfg = wick_train::config::TrainConfig {
+        lr: 1e-3,
+        warmup_steps: 100,
+        max_steps: 1100,
+        schedule: wick_train::config::ScheduleKind::Cosine,
+        ..Default::default()
+    };
+    let lr = |s| wick_train::schedule::learning_rate(&cfg, s);
+    assert!((lr(50) - 5e-4).abs() < 1e-12);
+    assert!((lr(100) - 1e-3).abs() < 1e-12);
+    assert!((lr(600) - 5e-4).abs() < 1e-9);
+    assert!(lr(1100).abs() < 1e-12);
+    assert!(lr(1000) > lr(1050));
+}
