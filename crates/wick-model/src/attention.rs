@@ -19,6 +19,17 @@ fn split_heads(xs: &Tensor, n_heads: usize) -> Result<Tensor> {
         .contiguous()
 }
 
+/// `(b, t, n·h·dk)` from a fused projection → `(n, b, h, t, dk)`: the `n` packed tensors
+/// (Q, K, V or K, V) split into heads with one permute and one copy.
+fn split_packed(packed: &Tensor, n: usize, n_heads: usize) -> Result<Tensor> {
+    let (b, t, nd) = packed.dims3()?;
+    let dk = nd / (n * n_heads);
+    packed
+        .reshape((b, t, n, n_heads, dk))?
+        .permute((2, 0, 3, 1, 4))?
+        .contiguous()
+}
+
 /// `(b, h, t, dk)` → `(b, t, h·dk)`.
 fn merge_heads(xs: &Tensor) -> Result<Tensor> {
     let (b, h, t, dk) = xs.dims4()?;
@@ -94,13 +105,7 @@ impl SelfAttention {
 
     /// `(b, t, d)` → Q, K, V as `(b, h, t, dk)` each, with one permute of the packed tensor.
     fn qkv(&self, xs: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
-        let (b, t, d) = xs.dims3()?;
-        let h = self.n_heads;
-        let qkv = self.qkv_proj.forward(xs)?; // (b, t, 3d)
-        let qkv = qkv
-            .reshape((b, t, 3, h, d / h))?
-            .permute((2, 0, 3, 1, 4))?
-            .contiguous()?; // (3, b, h, t, dk)
+        let qkv = split_packed(&self.qkv_proj.forward(xs)?, 3, self.n_heads)?; // (3, b, h, t, dk)
         Ok((qkv.get(0)?, qkv.get(1)?, qkv.get(2)?))
     }
 
@@ -169,13 +174,7 @@ impl CrossAttention {
     /// # Shapes
     /// memory `(b, s, d)` → K and V `(b, h, s, dk)`.
     pub fn memory_kv(&self, memory: &Tensor) -> Result<KvCache> {
-        let (b, s, d) = memory.dims3()?;
-        let h = self.n_heads;
-        let kv = self.kv_proj.forward(memory)?; // (b, s, 2d)
-        let kv = kv
-            .reshape((b, s, 2, h, d / h))?
-            .permute((2, 0, 3, 1, 4))?
-            .contiguous()?; // (2, b, h, s, dk)
+        let kv = split_packed(&self.kv_proj.forward(memory)?, 2, self.n_heads)?; // (2, b, h, s, dk)
         Ok(KvCache {
             k: kv.get(0)?,
             v: kv.get(1)?,

@@ -11,7 +11,7 @@ use crate::embedding::{SinusoidalPositions, TokenEmbedding};
 use crate::encoder::residual;
 use crate::feed_forward::FeedForward;
 use crate::mask::causal_bias;
-use crate::norm::LayerNorm;
+use crate::norm::{LayerNorm, maybe_norm, stack_final_norm};
 
 /// Per-layer decoding state: the self-attention keys/values of the positions decoded so far
 /// and the cross-attention keys/values of the memory (computed once).
@@ -183,14 +183,7 @@ impl Decoder {
         let layers = (0..cfg.decoder_layers)
             .map(|i| DecoderLayer::new(cfg, rng, vb.pp("layers").pp(i)))
             .collect::<Result<_>>()?;
-        let final_norm = match cfg.norm {
-            NormPosition::Pre => Some(LayerNorm::new(
-                cfg.d_model,
-                cfg.layer_norm_eps,
-                vb.pp("final_norm"),
-            )?),
-            NormPosition::Post => None,
-        };
+        let final_norm = stack_final_norm(cfg, vb.clone())?;
         Ok(Self {
             layers,
             final_norm,
@@ -200,13 +193,6 @@ impl Decoder {
 
     pub fn layers(&self) -> &[DecoderLayer] {
         &self.layers
-    }
-
-    fn finish(&self, xs: Tensor) -> Result<Tensor> {
-        match &self.final_norm {
-            Some(norm) => norm.forward(&xs),
-            None => Ok(xs),
-        }
     }
 
     /// Teacher-forced forward over a whole target prefix.
@@ -240,7 +226,7 @@ impl Decoder {
             }
         }
         Ok(DecoderOutput {
-            hidden: self.finish(xs)?,
+            hidden: maybe_norm(self.final_norm.as_ref(), xs)?,
             cross_attention,
         })
     }
@@ -264,6 +250,6 @@ impl Decoder {
         for (layer, cache) in self.layers.iter().zip(caches.iter_mut()) {
             xs = layer.forward_step(&xs, cache, src_bias)?;
         }
-        self.finish(xs)
+        maybe_norm(self.final_norm.as_ref(), xs)
     }
 }

@@ -9,7 +9,7 @@ use crate::config::{NormPosition, TransformerConfig};
 use crate::dropout::{Dropout, DropoutRng};
 use crate::embedding::{SinusoidalPositions, TokenEmbedding};
 use crate::feed_forward::FeedForward;
-use crate::norm::LayerNorm;
+use crate::norm::{LayerNorm, maybe_norm, stack_final_norm};
 
 /// A residual block around `f`, with the norm before (`pre`) or after (`post`) the sum.
 pub(crate) fn residual(
@@ -91,14 +91,7 @@ impl Encoder {
         let layers = (0..cfg.encoder_layers)
             .map(|i| EncoderLayer::new(cfg, rng, vb.pp("layers").pp(i)))
             .collect::<Result<_>>()?;
-        let final_norm = match cfg.norm {
-            NormPosition::Pre => Some(LayerNorm::new(
-                cfg.d_model,
-                cfg.layer_norm_eps,
-                vb.pp("final_norm"),
-            )?),
-            NormPosition::Post => None,
-        };
+        let final_norm = stack_final_norm(cfg, vb.clone())?;
         Ok(Self {
             layers,
             final_norm,
@@ -122,9 +115,6 @@ impl Encoder {
         for layer in &self.layers {
             xs = layer.forward_t(&xs, src_bias, train)?;
         }
-        match &self.final_norm {
-            Some(norm) => norm.forward(&xs),
-            None => Ok(xs),
-        }
+        maybe_norm(self.final_norm.as_ref(), xs)
     }
 }

@@ -6,6 +6,8 @@
 use candle_core::{D, Result, Tensor};
 use candle_nn::{Init, VarBuilder};
 
+use crate::config::{NormPosition, TransformerConfig};
+
 #[derive(Clone, Debug)]
 pub struct LayerNorm {
     /// `(d,)`
@@ -37,5 +39,29 @@ impl LayerNorm {
             .broadcast_mul(&inv_std)?
             .broadcast_mul(&self.weight)?
             .broadcast_add(&self.bias)
+    }
+}
+
+/// The norm after a pre-norm stack, whose output is otherwise unnormalised; post-norm stacks
+/// end in a norm already and get none.
+pub(crate) fn stack_final_norm(
+    cfg: &TransformerConfig,
+    vb: VarBuilder,
+) -> Result<Option<LayerNorm>> {
+    match cfg.norm {
+        NormPosition::Pre => Ok(Some(LayerNorm::new(
+            cfg.d_model,
+            cfg.layer_norm_eps,
+            vb.pp("final_norm"),
+        )?)),
+        NormPosition::Post => Ok(None),
+    }
+}
+
+/// Applies `norm` if there is one.
+pub(crate) fn maybe_norm(norm: Option<&LayerNorm>, xs: Tensor) -> Result<Tensor> {
+    match norm {
+        Some(n) => n.forward(&xs),
+        None => Ok(xs),
     }
 }

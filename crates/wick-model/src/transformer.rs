@@ -4,7 +4,7 @@ use candle_core::{Device, Result, Tensor};
 use candle_nn::{Init, VarBuilder};
 
 use crate::config::{TransformerConfig, Tying, VocabSizes};
-use crate::decoder::{Decoder, LayerCache};
+use crate::decoder::{Decoder, DecoderOutput, LayerCache};
 use crate::dropout::DropoutRng;
 use crate::embedding::{SinusoidalPositions, TokenEmbedding};
 use crate::encoder::Encoder;
@@ -105,6 +105,26 @@ impl Transformer {
         logits.reshape((b, t, self.vocab.tgt))
     }
 
+    /// The teacher-forced decoder over `tgt_in` `(b, t)`.
+    fn decode_full(
+        &self,
+        memory: &Memory,
+        tgt_in: &Tensor,
+        want_attention: bool,
+        train: bool,
+    ) -> Result<DecoderOutput> {
+        self.check_ids("tgt_in", tgt_in)?;
+        self.decoder.forward_t(
+            &self.tgt_embed,
+            &self.positions,
+            tgt_in,
+            &memory.states,
+            &memory.src_bias,
+            want_attention,
+            train,
+        )
+    }
+
     fn check_ids(&self, what: &str, ids: &Tensor) -> Result<()> {
         if ids.dtype() != candle_core::DType::U32 {
             candle_core::bail!("{what} must be u32 token ids, got {:?}", ids.dtype())
@@ -137,30 +157,13 @@ impl Seq2Seq for Transformer {
     }
 
     fn forward_t(&self, memory: &Memory, tgt_in: &Tensor, train: bool) -> Result<Tensor> {
-        self.check_ids("tgt_in", tgt_in)?;
-        let out = self.decoder.forward_t(
-            &self.tgt_embed,
-            &self.positions,
-            tgt_in,
-            &memory.states,
-            &memory.src_bias,
-            false,
-            train,
-        )?;
-        self.project(&out.hidden)
+        self.project(&self.decode_full(memory, tgt_in, false, train)?.hidden)
     }
 
     fn cross_attention(&self, memory: &Memory, tgt_in: &Tensor) -> Result<Vec<Tensor>> {
-        let out = self.decoder.forward_t(
-            &self.tgt_embed,
-            &self.positions,
-            tgt_in,
-            &memory.states,
-            &memory.src_bias,
-            true,
-            false,
-        )?;
-        Ok(out.cross_attention)
+        Ok(self
+            .decode_full(memory, tgt_in, true, false)?
+            .cross_attention)
     }
 
     fn start_decoding(&self, memory: &Memory) -> Result<Self::Cache> {

@@ -14,7 +14,7 @@ use crate::evaluate::{EvalRequest, evaluate};
 use crate::metrics::{BleuOptions, BleuTokenizer, ChrfOptions, corpus_bleu, corpus_chrf};
 use crate::prepare::{Split, load_split};
 use crate::run::{Run, Which, fresh_run_dir};
-use crate::trainer::{TrainRequest, train};
+use crate::trainer::{ResumeRequest, TrainRequest, resume, train};
 use crate::translate::translate;
 
 /// wick: train, evaluate and use small attention-based translation models.
@@ -51,6 +51,11 @@ pub struct TrainArgs {
     /// Run directory [default: runs/<config name>, or runs/<name>-2, … if taken].
     #[arg(long)]
     pub run_dir: Option<PathBuf>,
+    /// Continue this run directory from its last checkpoint, exactly where it stopped. With
+    /// `--set train.max_steps=…` (or max_epochs, max_minutes) a finished run trains on;
+    /// `[model]` and `[data]` cannot change.
+    #[arg(long, value_name = "RUN_DIR", conflicts_with_all = ["config", "run_dir", "seed"])]
+    pub resume: Option<PathBuf>,
     /// cpu, cuda, cuda:N or metal.
     #[arg(long, default_value = "cpu")]
     pub device: String,
@@ -215,45 +220,55 @@ pub fn run(cli: Cli) -> Result<()> {
 }
 
 fn cmd_train(a: TrainArgs) -> Result<()> {
-    let mut overrides = a.overrides.clone();
-    if let Some(seed) = a.seed {
-        overrides.push(format!("train.seed={seed}"));
-    }
-    let (config, source, name) = match &a.config {
-        Some(path) => {
-            let name = path
-                .file_stem()
-                .and_then(|s| s.to_str())
-                .unwrap_or("run")
-                .to_string();
-            (
-                Config::load(path, &overrides)?,
-                path.display().to_string(),
-                name,
-            )
-        }
-        None => (
-            Config::from_toml(
-                EMBEDDED_DEFAULT,
-                Path::new("<embedded configs/toy.toml>"),
-                &overrides,
-            )?,
-            "embedded default (configs/toy.toml)".to_string(),
-            "toy".to_string(),
-        ),
-    };
     let device = parse_device(&a.device)?;
-    let run_dir = a
-        .run_dir
-        .clone()
-        .unwrap_or_else(|| fresh_run_dir(Path::new("runs"), &name));
-    eprintln!("run directory: {}", run_dir.display());
-    let summary = train(TrainRequest {
-        config: config.clone(),
-        config_source: source,
-        run_dir: run_dir.clone(),
-        device: device.clone(),
-    })?;
+    let (summary, config, run_dir) = if let Some(dir) = &a.resume {
+        let summary = resume(ResumeRequest {
+            run_dir: dir.clone(),
+            overrides: a.overrides.clone(),
+            device: device.clone(),
+        })?;
+        (summary, Run::open(dir)?.config, dir.clone())
+    } else {
+        let mut overrides = a.overrides.clone();
+        if let Some(seed) = a.seed {
+            overrides.push(format!("train.seed={seed}"));
+        }
+        let (config, source, name) = match &a.config {
+            Some(path) => {
+                let name = path
+                    .file_stem()
+                    .and_then(|s| s.to_str())
+                    .unwrap_or("run")
+                    .to_string();
+                (
+                    Config::load(path, &overrides)?,
+                    path.display().to_string(),
+                    name,
+                )
+            }
+            None => (
+                Config::from_toml(
+                    EMBEDDED_DEFAULT,
+                    Path::new("<embedded configs/toy.toml>"),
+                    &overrides,
+                )?,
+                "embedded default (configs/toy.toml)".to_string(),
+                "toy".to_string(),
+            ),
+        };
+        let run_dir = a
+            .run_dir
+            .clone()
+            .unwrap_or_else(|| fresh_run_dir(Path::new("runs"), &name));
+        eprintln!("run directory: {}", run_dir.display());
+        let summary = train(TrainRequest {
+            config: config.clone(),
+            config_source: source,
+            run_dir: run_dir.clone(),
+            device: device.clone(),
+        })?;
+        (summary, config, run_dir)
+    };
     eprintln!(
         "trained {} steps ({} epochs) in {:.0}s, {:.0} target tokens/s, peak memory {:.0} MB; {}",
         summary.steps,
@@ -265,7 +280,7 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
     );
     if let Some(b) = summary.best_dev_bleu {
         eprintln!(
-            "best dev BLEU {b:.2} at step {}",
+            "best checkpoint: step {} (dev BLEU {b:.2})",
             summary.best_step.unwrap_or(0)
         );
     }

@@ -88,6 +88,10 @@ pub struct TrainerState {
     pub best_step: Option<usize>,
     /// Validations since the best one (early stopping).
     pub bad_validations: usize,
+    /// Update groups of the current epoch already applied (where a resumed run continues).
+    #[serde(default)]
+    pub groups_done_in_epoch: usize,
+    /// Training time so far, across resumes (`train.max_minutes` counts all of it).
     pub elapsed_seconds: f64,
     pub finished: bool,
 }

@@ -155,6 +155,10 @@ pub struct TrainRequest {
     pub device: Device,
 }
 
+/// The file `wick train --resume` continues from.
+pub const RESUME_FILE: &str = "resume.safetensors";
+const OPTIM_PREFIX: &str = "optim.";
+
 struct Trainer {
     cfg: Config,
     dir: PathBuf,
@@ -167,10 +171,62 @@ struct Trainer {
     state: TrainerState,
     dev_pairs: Vec<Pair>,
     dev_examples: Vec<Example>,
+    /// Training time of earlier sessions of this run, and when this one started.
+    prior_elapsed: f64,
+    started: Instant,
 }
 
 impl Trainer {
-    fn save(&self, name: &str, dev_bleu: Option<f64>) -> Result<()> {
+    /// A fresh model (seeded by `train.seed`) and optimizer for `cfg`.
+    fn new(
+        cfg: Config,
+        dir: PathBuf,
+        tok: Tokenizers,
+        dev_pairs: Vec<Pair>,
+        dev_examples: Vec<Example>,
+        device: &Device,
+    ) -> Result<Self> {
+        let vocab = tok.vocab_sizes();
+        let store = ParamStore::new(cfg.train.seed);
+        let dropout_rng = DropoutRng::new(epoch_seed(cfg.train.seed, usize::MAX));
+        let model = Transformer::new(
+            &cfg.model,
+            vocab,
+            dropout_rng,
+            store.var_builder(DType::F32, device),
+        )?;
+        let eval_model = frozen_model(&cfg, vocab, &store, device)?;
+        let t = &cfg.train;
+        let opt = AdamW::new(
+            store.vars(),
+            t.adam_beta1,
+            t.adam_beta2,
+            t.adam_eps,
+            t.weight_decay,
+        )?;
+        eprintln!(
+            "model: {} parameters in {} tensors, device {:?}",
+            store.n_params(),
+            store.len(),
+            device
+        );
+        Ok(Self {
+            cfg,
+            dir,
+            tok,
+            store,
+            model,
+            eval_model,
+            opt,
+            state: TrainerState::default(),
+            dev_pairs,
+            dev_examples,
+            prior_elapsed: 0.0,
+            started: Instant::now(),
+        })
+    }
+
+    fn metadata(&self, dev_bleu: Option<f64>) -> HashMap<String, String> {
         let mut meta = HashMap::new();
         meta.insert("step".into(), self.state.step.to_string());
         meta.insert("epoch".into(), self.state.epoch.to_string());
@@ -178,11 +234,33 @@ impl Trainer {
         if let Some(b) = dev_bleu {
             meta.insert("dev_bleu".into(), format!("{b:.4}"));
         }
+        meta
+    }
+
+    /// Writes `checkpoints/<name>` (weights only) and `trainer_state.json`. Saving `last`
+    /// also writes `resume.safetensors`: weights, AdamW moments, trainer state and the
+    /// dropout stream in one file, so one atomic rename makes a consistent resume point.
+    fn save(&mut self, name: &str, dev_bleu: Option<f64>) -> Result<()> {
+        self.state.elapsed_seconds = self.prior_elapsed + self.started.elapsed().as_secs_f64();
+        let dir = self.dir.join("checkpoints");
         checkpoint::save(
-            &self.dir.join("checkpoints").join(name),
+            &dir.join(name),
             &self.store.tensors(),
-            meta,
+            self.metadata(dev_bleu),
         )?;
+        if name == "last.safetensors" {
+            let mut tensors = self.store.tensors();
+            for (k, v) in self.opt.state_tensors() {
+                tensors.insert(format!("{OPTIM_PREFIX}{k}"), v);
+            }
+            let mut meta = self.metadata(dev_bleu);
+            meta.insert("trainer_state".into(), serde_json::to_string(&self.state)?);
+            meta.insert(
+                "dropout_rng".into(),
+                serde_json::to_string(&self.model.dropout_rng().state()?)?,
+            );
+            checkpoint::save(&dir.join(RESUME_FILE), &tensors, meta)?;
+        }
         write_json(&self.dir.join("trainer_state.json"), &self.state)
     }
 
@@ -249,7 +327,6 @@ pub fn train(req: TrainRequest) -> Result<TrainSummary> {
         run_dir: dir,
         device,
     } = req;
-    let t0 = Instant::now();
     if dir.exists() && std::fs::read_dir(&dir)?.next().is_some() {
         bail!(
             "run directory {} already exists and is not empty; choose another --run-dir",
@@ -281,31 +358,16 @@ pub fn train(req: TrainRequest) -> Result<TrainSummary> {
         if tok.joint { " (joint)" } else { "" }
     );
 
-    // Model and optimizer.
     let vocab = tok.vocab_sizes();
-    let store = ParamStore::new(cfg.train.seed);
-    let dropout_rng = DropoutRng::new(epoch_seed(cfg.train.seed, usize::MAX));
-    let model = Transformer::new(
-        &cfg.model,
-        vocab,
-        dropout_rng,
-        store.var_builder(DType::F32, &device),
+    let mut tr = Trainer::new(
+        cfg.clone(),
+        dir.clone(),
+        tok,
+        dev_pairs,
+        dev_examples,
+        &device,
     )?;
-    let eval_model = frozen_model(&cfg, vocab, &store, &device)?;
-    let t = &cfg.train;
-    let opt = AdamW::new(
-        store.vars(),
-        t.adam_beta1,
-        t.adam_beta2,
-        t.adam_eps,
-        t.weight_decay,
-    )?;
-    eprintln!(
-        "model: {} parameters in {} tensors, device {:?}",
-        store.n_params(),
-        store.len(),
-        device
-    );
+    let n_params = tr.store.n_params();
 
     let mut data_files = Vec::new();
     for (split, spec) in [
@@ -333,10 +395,10 @@ pub fn train(req: TrainRequest) -> Result<TrainSummary> {
             synthetic: cfg.data.synthetic.as_ref().map(|s| format!("{s:?}")),
             train_pairs: train_examples.len(),
             train_pairs_dropped: dropped,
-            dev_pairs: dev_pairs.len(),
+            dev_pairs: tr.dev_pairs.len(),
             vocab_src: vocab.src,
             vocab_tgt: vocab.tgt,
-            params: store.n_params(),
+            params: n_params,
             created_unix: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_secs())
@@ -344,23 +406,10 @@ pub fn train(req: TrainRequest) -> Result<TrainSummary> {
         },
     )?;
 
-    let mut tr = Trainer {
-        cfg: cfg.clone(),
-        dir: dir.clone(),
-        tok,
-        store,
-        model,
-        eval_model,
-        opt,
-        state: TrainerState::default(),
-        dev_pairs,
-        dev_examples,
-    };
-    let summary = run_loop(&mut tr, &train_examples, t0)?;
-    Ok(summary)
+    run_loop(&mut tr, &train_examples)
 }
 
-fn run_loop(tr: &mut Trainer, train: &[Example], t0: Instant) -> Result<TrainSummary> {
+fn run_loop(tr: &mut Trainer, train: &[Example]) -> Result<TrainSummary> {
     let cfg = tr.cfg.clone();
     let t = &cfg.train;
     let lengths: Vec<(usize, usize)> = train.iter().map(|e| (e.src_len(), e.tgt_len())).collect();
@@ -397,7 +446,8 @@ fn run_loop(tr: &mut Trainer, train: &[Example], t0: Instant) -> Result<TrainSum
     let (mut window_loss, mut window_tokens) = (0.0f64, 0usize);
     let mut total_tokens = 0usize;
     let loop_start = Instant::now();
-    let mut last_validated = 0usize;
+    // A resumed run has validated its checkpoint already.
+    let mut last_validated = tr.state.step;
     let mut stop_reason = String::from("max_epochs reached");
     let device = tr.model.device().clone();
     'epochs: loop {
@@ -410,7 +460,18 @@ fn run_loop(tr: &mut Trainer, train: &[Example], t0: Instant) -> Result<TrainSum
             t.max_sentences,
             Some(epoch_seed(t.seed, tr.state.epoch)),
         )?;
-        for group in order.chunks(t.accumulate) {
+        let skip = std::mem::take(&mut tr.state.groups_done_in_epoch);
+        for (g, group) in order.chunks(t.accumulate).enumerate().skip(skip) {
+            if t.max_steps > 0 && tr.state.step >= t.max_steps {
+                stop_reason = format!("max_steps = {} reached", t.max_steps);
+                break 'epochs;
+            }
+            if t.max_minutes > 0.0
+                && tr.prior_elapsed + tr.started.elapsed().as_secs_f64() >= t.max_minutes * 60.0
+            {
+                stop_reason = format!("max_minutes = {} reached", t.max_minutes);
+                break 'epochs;
+            }
             // One update: gradients of every batch in the group, summed, normalised by the
             // group's target tokens.
             let batches = group
@@ -478,6 +539,7 @@ fn run_loop(tr: &mut Trainer, train: &[Example], t0: Instant) -> Result<TrainSum
             };
             tr.opt.step(&grads, lr, scale)?;
             tr.state.step = step;
+            tr.state.groups_done_in_epoch = g + 1;
             window_loss += group_loss * group_tokens as f64;
             window_tokens += group_tokens;
             total_tokens += group_tokens;
@@ -486,8 +548,16 @@ fn run_loop(tr: &mut Trainer, train: &[Example], t0: Instant) -> Result<TrainSum
             let elapsed = loop_start.elapsed().as_secs_f64();
             let tok_s = total_tokens as f64 / elapsed.max(1e-9);
             if step % t.log_every == 0 {
+                let left = if t.max_minutes > 0.0 {
+                    let secs = (t.max_minutes * 60.0
+                        - (tr.prior_elapsed + tr.started.elapsed().as_secs_f64()))
+                    .max(0.0) as u64;
+                    format!(" | time left {}:{:02}", secs / 60, secs % 60)
+                } else {
+                    String::new()
+                };
                 let msg = format!(
-                    "epoch {} loss {:.3} lr {lr:.2e} {tok_s:.0} tgt tok/s",
+                    "epoch {} loss {:.3} lr {lr:.2e} {tok_s:.0} tgt tok/s{left}",
                     tr.state.epoch + 1,
                     window_loss / window_tokens.max(1) as f64
                 );
@@ -525,16 +595,9 @@ fn run_loop(tr: &mut Trainer, train: &[Example], t0: Instant) -> Result<TrainSum
             } else if t.checkpoint_every > 0 && step % t.checkpoint_every == 0 {
                 tr.save("last.safetensors", None)?;
             }
-            if t.max_steps > 0 && step >= t.max_steps {
-                stop_reason = format!("max_steps = {} reached", t.max_steps);
-                break 'epochs;
-            }
-            if t.max_minutes > 0.0 && t0.elapsed().as_secs_f64() >= t.max_minutes * 60.0 {
-                stop_reason = format!("max_minutes = {} reached", t.max_minutes);
-                break 'epochs;
-            }
         }
         tr.state.epoch += 1;
+        tr.state.groups_done_in_epoch = 0;
     }
     pb.finish_and_clear();
     let elapsed = loop_start.elapsed().as_secs_f64();
@@ -558,7 +621,6 @@ fn run_loop(tr: &mut Trainer, train: &[Example], t0: Instant) -> Result<TrainSum
         );
     }
     tr.state.finished = true;
-    tr.state.elapsed_seconds = t0.elapsed().as_secs_f64();
     tr.save("last.safetensors", None)?;
     Ok(TrainSummary {
         run_dir: tr.dir.clone(),
@@ -571,4 +633,86 @@ fn run_loop(tr: &mut Trainer, train: &[Example], t0: Instant) -> Result<TrainSum
         peak_rss_mb: memory_mb().0,
         stop_reason,
     })
+}
+
+/// What `wick train --resume` needs.
+pub struct ResumeRequest {
+    pub run_dir: PathBuf,
+    /// `--set` overrides on top of the run's config; `[model]` and `[data]` cannot change.
+    pub overrides: Vec<String>,
+    pub device: Device,
+}
+
+/// Continues a run from `checkpoints/resume.safetensors`, exactly where it stopped: same
+/// weights, optimizer moments, schedule position, data order and dropout stream.
+pub fn resume(req: ResumeRequest) -> Result<TrainSummary> {
+    let dir = req.run_dir;
+    let run = crate::run::Run::open(&dir)?;
+    let text = std::fs::read_to_string(dir.join("config.toml"))?;
+    let cfg = Config::from_toml(&text, &dir.join("config.toml"), &req.overrides)?;
+    for (section, same) in [
+        ("[model]", cfg.model == run.config.model),
+        ("[data]", cfg.data == run.config.data),
+    ] {
+        if !same {
+            bail!(
+                "--resume cannot change {section}: the checkpoint and tokenizer were built for the run's own values"
+            )
+        }
+    }
+    if cfg.train.seed != run.config.train.seed {
+        bail!("--resume cannot change train.seed: it fixes the data order and dropout of the run")
+    }
+    let path = dir.join("checkpoints").join(RESUME_FILE);
+    if !path.is_file() {
+        bail!(
+            "{}: nothing to resume from (the run saved no checkpoint yet)",
+            path.display()
+        )
+    }
+    let (tensors, meta) = checkpoint::load(&path, &req.device)?;
+    let state: TrainerState =
+        serde_json::from_str(meta.get("trainer_state").map(String::as_str).unwrap_or(""))
+            .with_context(|| format!("{}: no readable trainer state", path.display()))?;
+    let rng: rand_chacha::ChaCha8Rng =
+        serde_json::from_str(meta.get("dropout_rng").map(String::as_str).unwrap_or(""))
+            .with_context(|| format!("{}: no readable dropout state", path.display()))?;
+
+    let train_pairs = load_split(&cfg, Split::Train)?;
+    let dev_pairs = load_split(&cfg, Split::Dev)?;
+    let (train_examples, _) = encode_pairs(&run.tokenizers, &train_pairs, Some(cfg.data.max_len))?;
+    let (dev_examples, _) = encode_pairs(&run.tokenizers, &dev_pairs, Some(cfg.data.max_len))?;
+    let mut tr = Trainer::new(
+        cfg.clone(),
+        dir.clone(),
+        run.tokenizers,
+        dev_pairs,
+        dev_examples,
+        &req.device,
+    )?;
+    let (optim, weights): (HashMap<String, _>, HashMap<String, _>) = tensors
+        .into_iter()
+        .partition(|(k, _)| k.starts_with(OPTIM_PREFIX));
+    tr.store
+        .load(&weights)
+        .with_context(|| format!("{} does not fit the run's model", path.display()))?;
+    let optim = optim
+        .into_iter()
+        .map(|(k, v)| (k[OPTIM_PREFIX.len()..].to_string(), v))
+        .collect();
+    tr.opt.load_state(&optim, state.step)?;
+    tr.model.dropout_rng().restore(rng)?;
+    tr.prior_elapsed = state.elapsed_seconds;
+    tr.state = TrainerState {
+        finished: false,
+        ..state
+    };
+    checkpoint::write_atomic(&dir.join("config.toml"), cfg.to_toml().as_bytes())?;
+    eprintln!(
+        "resuming {} at step {} (epoch {})",
+        dir.display(),
+        tr.state.step,
+        tr.state.epoch + 1
+    );
+    run_loop(&mut tr, &train_examples)
 }

@@ -76,6 +76,8 @@ fn train_evaluate_translate_on_a_small_run() {
         "--set",
         "train.max_steps=30",
         "--set",
+        "train.warmup_steps=10",
+        "--set",
         "train.validate_every=15",
         "--set",
         "data.synthetic.n_train=600",
