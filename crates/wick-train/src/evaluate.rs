@@ -81,20 +81,24 @@ pub fn evaluate(req: EvalRequest) -> Result<EvalReport> {
     let chrf = corpus_chrf(&hyps, &refs, ChrfOptions::default());
     let exact =
         hyps.iter().zip(&refs[0]).filter(|(h, r)| h == r).count() as f64 / hyps.len() as f64;
+    // Name the file after what produced it, so greedy and beam outputs do not overwrite each other.
     let hyp_file = req.output.clone().unwrap_or_else(|| {
         let name = if req.src_ref.is_some() {
             "files"
         } else {
             req.split.name()
         };
-        run.dir.join(format!(
-            "hyp.{name}.{}.txt",
-            match req.which {
-                Which::Best => "best",
-                Which::Last => "last",
-            }
-        ))
+        let which = match req.which {
+            Which::Best => "best",
+            Which::Last => "last",
+        };
+        let beam = match run.config.decode.beam {
+            1 => String::new(),
+            k => format!(".beam{k}"),
+        };
+        run.dir.join(format!("hyp.{name}.{which}{beam}.txt"))
     });
+
     let mut text = hyps.join("\n");
     text.push('\n');
     crate::checkpoint::write_atomic(&hyp_file, text.as_bytes())?;
