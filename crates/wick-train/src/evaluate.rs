@@ -30,6 +30,12 @@ pub struct EvalReport {
     pub checkpoint: PathBuf,
     /// Beam size used (1: greedy).
     pub beam: usize,
+    /// Per-token perplexity of the references under the model (teacher-forced), and the
+    /// fraction of reference tokens that are its argmax; pairs longer than the model's
+    /// position table are left out of these two (`ref_pairs_scored` says how many count).
+    pub ref_ppl: f64,
+    pub ref_token_acc: f64,
+    pub ref_pairs_scored: usize,
     pub seconds: f64,
     pub sentences_per_s: f64,
 }
@@ -81,7 +87,12 @@ pub fn evaluate(req: EvalRequest) -> Result<EvalReport> {
     let chrf = corpus_chrf(&hyps, &refs, ChrfOptions::default());
     let exact =
         hyps.iter().zip(&refs[0]).filter(|(h, r)| h == r).count() as f64 / hyps.len() as f64;
-    // Name the file after what produced it, so greedy and beam outputs do not overwrite each other.
+    // Forced decoding of the references; pairs too long for the position table are left out.
+    let max_len = run.config.model.max_positions - 2;
+    let (examples, _) = crate::prepare::encode_pairs(&run.tokenizers, &pairs, Some(max_len))?;
+    let (_, ref_ppl, ref_token_acc) =
+        crate::trainer::evaluate_loss(&model, &examples, &run.config)?;
+    // Named after what produced it, so greedy and beam outputs do not overwrite each other.
     let hyp_file = req.output.clone().unwrap_or_else(|| {
         let name = if req.src_ref.is_some() {
             "files"
@@ -114,6 +125,9 @@ pub fn evaluate(req: EvalRequest) -> Result<EvalReport> {
         hyp_file,
         checkpoint: run.checkpoint_path(req.which),
         beam: run.config.decode.beam,
+        ref_ppl,
+        ref_token_acc,
+        ref_pairs_scored: examples.len(),
         seconds,
         sentences_per_s: hyps.len() as f64 / seconds.max(1e-9),
     })

@@ -125,6 +125,8 @@ fn train_evaluate_translate_on_a_small_run() {
         "exact_match",
         "n_sentences",
         "hyp_file",
+        "ref_ppl",
+        "ref_token_acc",
     ] {
         assert!(
             report.get(key).is_some(),
@@ -132,6 +134,8 @@ fn train_evaluate_translate_on_a_small_run() {
         );
     }
     assert_eq!(report["n_sentences"], 40);
+    let ppl = report["ref_ppl"].as_f64().unwrap_or(0.0);
+    assert!(ppl >= 1.0 && ppl.is_finite(), "reference perplexity {ppl}");
     let hyp_file = PathBuf::from(report["hyp_file"].as_str().expect("path"));
     assert_eq!(
         std::fs::read_to_string(hyp_file)
