@@ -346,12 +346,6 @@ fn cmd_evaluate(a: EvaluateArgs) -> Result<()> {
             report.ref_pairs_scored
         );
         println!(
-            "reference perplexity = {:.2}, token accuracy {:.1}% ({} pairs, forced decoding)",
-            report.ref_ppl,
-            100.0 * report.ref_token_acc,
-            report.ref_pairs_scored
-        );
-        println!(
             "exact match = {:.2}% of {} sentences",
             100.0 * report.exact_match,
             report.n_sentences
