@@ -15,7 +15,7 @@ use crate::metrics::{BleuOptions, BleuTokenizer, ChrfOptions, corpus_bleu, corpu
 use crate::prepare::{Split, load_split};
 use crate::run::{Run, Which, fresh_run_dir};
 use crate::trainer::{ResumeRequest, TrainRequest, resume, train};
-use crate::translate::translate;
+use crate::translate::{translate, translate_nbest};
 
 /// wick: train, evaluate and use small attention-based translation models.
 #[derive(Debug, Parser)]
@@ -152,6 +152,10 @@ pub struct TranslateArgs {
     pub run: RunArgs,
     #[command(flatten)]
     pub decode: DecodeArgs,
+    /// Print the N best beam hypotheses of each input as `index<TAB>score<TAB>translation`
+    /// lines (needs --beam ≥ N).
+    #[arg(long, value_name = "N")]
+    pub n_best: Option<usize>,
     /// Sentences to translate; without any, stdin is read line by line.
     pub text: Vec<String>,
 }
@@ -368,10 +372,27 @@ fn cmd_translate(a: TranslateArgs) -> Result<()> {
     let model = run.load_model(a.run.checkpoint, &device)?;
     let out = std::io::stdout();
     let mut out = out.lock();
+    let mut done = 0usize;
     let mut emit = |lines: &[String]| -> Result<()> {
-        for t in translate(&model, &run.tokenizers, &run.config.decode, lines)? {
-            writeln!(out, "{t}")?;
+        match a.n_best {
+            Some(n) => {
+                for (k, hyps) in
+                    translate_nbest(&model, &run.tokenizers, &run.config.decode, lines, n)?
+                        .into_iter()
+                        .enumerate()
+                {
+                    for (text, score) in hyps {
+                        writeln!(out, "{}\t{score:.4}\t{text}", done + k)?;
+                    }
+                }
+            }
+            None => {
+                for t in translate(&model, &run.tokenizers, &run.config.decode, lines)? {
+                    writeln!(out, "{t}")?;
+                }
+            }
         }
+        done += lines.len();
         out.flush()?;
         Ok(())
     };

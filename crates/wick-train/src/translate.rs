@@ -6,18 +6,21 @@ use wick_data::SourceBatch;
 use wick_data::batcher::token_batches;
 use wick_data::tokenizer::SPECIALS;
 use wick_model::search::{BeamConfig, SpecialIds, beam_search, greedy};
-use wick_model::{Seq2Seq, Transformer};
+use wick_model::{Memory, Seq2Seq, Transformer};
 
 use crate::config::DecodeConfig;
 use crate::run::Tokenizers;
 
-/// Subword ids of each translation, in input order.
-pub fn translate_ids(
+/// Encodes `sources`, decodes them in length-sorted token-budget batches with `search`
+/// (given the encoded batch and each row's output length limit) and returns the results in
+/// input order.
+fn decode_batches<T: Clone + Default>(
     model: &Transformer,
     tok: &Tokenizers,
     decode: &DecodeConfig,
     sources: &[String],
-) -> Result<Vec<Vec<u32>>> {
+    mut search: impl FnMut(&Memory, &[usize]) -> Result<Vec<T>>,
+) -> Result<Vec<T>> {
     if sources.is_empty() {
         return Ok(Vec::new());
     }
@@ -31,11 +34,7 @@ pub fn translate_ids(
     let lengths: Vec<(usize, usize)> = src_ids.iter().map(|s| (s.len() + 1, s.len() + 1)).collect();
     let budget = decode.batch_tokens.max(max_positions);
     let batches = token_batches(&lengths, budget, usize::MAX, None)?;
-    let special = SpecialIds {
-        bos: SPECIALS.bos,
-        eos: SPECIALS.eos,
-    };
-    let mut out = vec![Vec::new(); sources.len()];
+    let mut out = vec![T::default(); sources.len()];
     for rows in batches {
         let srcs: Vec<&[u32]> = rows.iter().map(|&i| src_ids[i].as_slice()).collect();
         let batch = SourceBatch::new(rows.clone(), &srcs, SPECIALS, model.device())?;
@@ -47,24 +46,72 @@ pub fn translate_ids(
                     .min(max_positions - 1)
             })
             .collect();
-        let hyps = if decode.beam <= 1 {
-            greedy(model, &memory, special, &max_len)?
-        } else {
-            let cfg = BeamConfig {
-                beam: decode.beam,
-                length_penalty: decode.length_penalty,
-                n_best: 1,
-            };
-            beam_search(model, &memory, special, &max_len, cfg)?
-                .into_iter()
-                .map(|mut h| h.swap_remove(0).tokens)
-                .collect()
-        };
-        for (i, hyp) in rows.into_iter().zip(hyps) {
-            out[i] = hyp;
+        for (i, result) in rows.into_iter().zip(search(&memory, &max_len)?) {
+            out[i] = result;
         }
     }
     Ok(out)
+}
+
+const SPECIAL_IDS: SpecialIds = SpecialIds {
+    bos: SPECIALS.bos,
+    eos: SPECIALS.eos,
+};
+
+/// Subword ids of each translation, in input order: greedy with `decode.beam = 1`, else the
+/// best beam hypothesis.
+pub fn translate_ids(
+    model: &Transformer,
+    tok: &Tokenizers,
+    decode: &DecodeConfig,
+    sources: &[String],
+) -> Result<Vec<Vec<u32>>> {
+    decode_batches(model, tok, decode, sources, |memory, max_len| {
+        if decode.beam <= 1 {
+            return Ok(greedy(model, memory, SPECIAL_IDS, max_len)?);
+        }
+        let cfg = BeamConfig {
+            beam: decode.beam,
+            length_penalty: decode.length_penalty,
+            n_best: 1,
+        };
+        Ok(beam_search(model, memory, SPECIAL_IDS, max_len, cfg)?
+            .into_iter()
+            .map(|mut h| h.swap_remove(0).tokens)
+            .collect())
+    })
+}
+
+/// The `n_best` best beam hypotheses of each source as (text, score), best first, in input
+/// order. The score is Σ log p divided by the length penalty.
+pub fn translate_nbest(
+    model: &Transformer,
+    tok: &Tokenizers,
+    decode: &DecodeConfig,
+    sources: &[String],
+    n_best: usize,
+) -> Result<Vec<Vec<(String, f64)>>> {
+    if n_best == 0 || n_best > decode.beam {
+        anyhow::bail!(
+            "--n-best {n_best} needs 1 <= n-best <= beam (beam is {})",
+            decode.beam
+        )
+    }
+    let cfg = BeamConfig {
+        beam: decode.beam,
+        length_penalty: decode.length_penalty,
+        n_best,
+    };
+    let hyps = decode_batches(model, tok, decode, sources, |memory, max_len| {
+        Ok(beam_search(model, memory, SPECIAL_IDS, max_len, cfg)?)
+    })?;
+    hyps.into_iter()
+        .map(|hs| {
+            hs.into_iter()
+                .map(|h| Ok((tok.tgt.decode(&h.tokens)?, h.score)))
+                .collect()
+        })
+        .collect()
 }
 
 /// Detokenised translations, in input order.

@@ -156,6 +156,40 @@ fn train_evaluate_translate_on_a_small_run() {
         "one output line per input line"
     );
 
+    let o = wick(&[
+        "translate",
+        "--run",
+        run_s,
+        "--beam",
+        "3",
+        "--n-best",
+        "3",
+        "a b c",
+        "d e",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let lines: Vec<String> = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(String::from)
+        .collect();
+    assert_eq!(lines.len(), 6, "3 hypotheses per input: {lines:?}");
+    let scores: Vec<f64> = lines[..3]
+        .iter()
+        .map(|l| l.split('\t').nth(1).unwrap().parse().unwrap())
+        .collect();
+    assert!(
+        lines[..3].iter().all(|l| l.starts_with("0\t"))
+            && lines[3..].iter().all(|l| l.starts_with("1\t"))
+    );
+    assert!(
+        scores.windows(2).all(|w| w[0] >= w[1]),
+        "n-best not sorted: {scores:?}"
+    );
+    fails_with(
+        &wick(&["translate", "--run", run_s, "--n-best", "2", "a"]),
+        &["--n-best 2", "beam"],
+    );
+
     // The run directory is complete without the config file or the data that made it.
     let o = wick(&["evaluate", "--run", run_s, "--split", "dev"]);
     assert!(o.status.success(), "{}", stderr(&o));
