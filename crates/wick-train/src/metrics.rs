@@ -42,10 +42,7 @@ impl BleuTokenizer {
 
 /// Python's `' '.join(s.split())`: Python also splits on U+001C–U+001F, Rust does not.
 fn normalize_spaces(s: &str) -> String {
-    s.split(|c: char| c.is_whitespace() || ('\u{1c}'..='\u{1f}').contains(&c))
-        .filter(|w| !w.is_empty())
-        .collect::<Vec<_>>()
-        .join(" ")
+    py_split(s).collect::<Vec<_>>().join(" ")
 }
 
 #[allow(clippy::expect_used)] // the patterns are constants; a bad one is a bug found by every test

@@ -243,13 +243,9 @@ impl Trainer {
     fn save(&mut self, name: &str, dev_bleu: Option<f64>) -> Result<()> {
         self.state.elapsed_seconds = self.prior_elapsed + self.started.elapsed().as_secs_f64();
         let dir = self.dir.join("checkpoints");
-        checkpoint::save(
-            &dir.join(name),
-            &self.store.tensors(),
-            self.metadata(dev_bleu),
-        )?;
+        let mut tensors = self.store.tensors();
+        checkpoint::save(&dir.join(name), &tensors, self.metadata(dev_bleu))?;
         if name == "last.safetensors" {
-            let mut tensors = self.store.tensors();
             for (k, v) in self.opt.state_tensors() {
                 tensors.insert(format!("{OPTIM_PREFIX}{k}"), v);
             }
