@@ -22,12 +22,46 @@ pub fn greedy<M: Seq2Seq>(
     ids: SpecialIds,
     max_len: &[usize],
 ) -> Result<Vec<Vec<u32>>> {
+    let mut cache = model.start_decoding(memory)?;
+    greedy_loop(memory, ids, max_len, |tokens| {
+        model.decode_step(memory, tokens, &mut cache)
+    })
+}
+
+/// Greedy decoding without the cache: every step runs the decoder over the whole prefix.
+/// Gives the same output as [`greedy`] at quadratic cost; kept to test the cache and to
+/// measure what it saves (`wick bench decode`).
+pub fn greedy_uncached<M: Seq2Seq>(
+    model: &M,
+    memory: &Memory,
+    ids: SpecialIds,
+    max_len: &[usize],
+) -> Result<Vec<Vec<u32>>> {
+    let mut prefix: Option<Tensor> = None;
+    greedy_loop(memory, ids, max_len, |tokens| {
+        let p = match prefix.take() {
+            Some(p) => Tensor::cat(&[&p, tokens], 1)?,
+            None => tokens.clone(),
+        };
+        let t = p.dim(1)?;
+        let logits = model.forward_t(memory, &p, false)?; // (b, t, V)
+        prefix = Some(p);
+        logits.narrow(1, t - 1, 1)?.squeeze(1)
+    })
+}
+
+/// The greedy loop, given `next_logits`: tokens fed at this step `(b, 1)` → logits `(b, V)`.
+fn greedy_loop(
+    memory: &Memory,
+    ids: SpecialIds,
+    max_len: &[usize],
+    mut next_logits: impl FnMut(&Tensor) -> Result<Tensor>,
+) -> Result<Vec<Vec<u32>>> {
     let b = memory.batch_size()?;
     if max_len.len() != b {
         candle_core::bail!("greedy: {} length limits for a batch of {b}", max_len.len())
     }
     let device = memory.states.device();
-    let mut cache = model.start_decoding(memory)?;
     let mut out: Vec<Vec<u32>> = vec![Vec::new(); b];
     let mut done: Vec<bool> = max_len.iter().map(|&m| m == 0).collect();
     let mut tokens = Tensor::full(ids.bos, (b, 1), device)?;
@@ -36,7 +70,7 @@ pub fn greedy<M: Seq2Seq>(
         if done.iter().all(|&d| d) {
             break;
         }
-        let logits = model.decode_step(memory, &tokens, &mut cache)?; // (b, V)
+        let logits = next_logits(&tokens)?; // (b, V)
         let next = logits.argmax(D::Minus1)?; // (b,)
         let next_host = next.to_vec1::<u32>()?;
         for (i, &tok) in next_host.iter().enumerate() {

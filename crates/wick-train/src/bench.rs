@@ -156,3 +156,94 @@ pub fn bench_train(req: BenchRequest) -> Result<BenchReport> {
         working_memory_mb: peak.zip(rss_before).map(|(p, r)| p - r),
     })
 }
+
+/// One decoding mode's speed in `wick bench decode`.
+#[derive(Clone, Debug, Serialize)]
+pub struct DecodeTiming {
+    /// `greedy`, `greedy-uncached` or `beamK`.
+    pub mode: String,
+    pub sentences: usize,
+    /// Output subword tokens (without `</s>`).
+    pub output_tokens: usize,
+    /// Best of the repeats.
+    pub seconds: f64,
+    pub sentences_per_s: f64,
+    pub tokens_per_s: f64,
+}
+
+pub struct DecodeBenchRequest<'a> {
+    pub run: &'a crate::run::Run,
+    pub which: crate::run::Which,
+    pub sources: Vec<String>,
+    pub beam: usize,
+    /// Also time greedy decoding without the key/value cache.
+    pub uncached: bool,
+    pub repeats: usize,
+    pub device: &'a Device,
+}
+
+/// Times greedy (cached and, optionally, uncached) and beam decoding of `sources` with the
+/// run's `[decode]` settings, batching as `wick translate` does; the best of `repeats`.
+pub fn bench_decode(req: DecodeBenchRequest) -> Result<Vec<DecodeTiming>> {
+    use crate::translate::{SPECIAL_IDS, decode_batches};
+    use wick_model::search::{BeamConfig, beam_search, greedy, greedy_uncached};
+
+    let model = req.run.load_model(req.which, req.device)?;
+    let tok = &req.run.tokenizers;
+    let decode = &req.run.config.decode;
+    let mut modes = vec!["greedy".to_string()];
+    if req.uncached {
+        modes.push("greedy-uncached".into());
+    }
+    if req.beam > 1 {
+        modes.push(format!("beam{}", req.beam));
+    }
+    let mut out = Vec::new();
+    let mut reference: Option<Vec<Vec<u32>>> = None;
+    for mode in modes {
+        let mut best = f64::INFINITY;
+        let mut outputs = Vec::new();
+        for _ in 0..req.repeats.max(1) {
+            let start = Instant::now();
+            outputs = decode_batches(&model, tok, decode, &req.sources, |memory, max_len| {
+                Ok(match mode.as_str() {
+                    "greedy" => greedy(&model, memory, SPECIAL_IDS, max_len)?,
+                    "greedy-uncached" => greedy_uncached(&model, memory, SPECIAL_IDS, max_len)?,
+                    _ => beam_search(
+                        &model,
+                        memory,
+                        SPECIAL_IDS,
+                        max_len,
+                        BeamConfig {
+                            beam: req.beam,
+                            length_penalty: decode.length_penalty,
+                            n_best: 1,
+                        },
+                    )?
+                    .into_iter()
+                    .map(|mut h| h.swap_remove(0).tokens)
+                    .collect(),
+                })
+            })?;
+            best = best.min(start.elapsed().as_secs_f64());
+        }
+        // The cache must not change a single output; check it while we have both.
+        match (&reference, mode.as_str()) {
+            (None, "greedy") => reference = Some(outputs.clone()),
+            (Some(r), "greedy-uncached") if *r != outputs => {
+                anyhow::bail!("greedy decoding with and without the cache disagree")
+            }
+            _ => {}
+        }
+        let tokens: usize = outputs.iter().map(Vec::len).sum();
+        out.push(DecodeTiming {
+            mode,
+            sentences: req.sources.len(),
+            output_tokens: tokens,
+            seconds: best,
+            sentences_per_s: req.sources.len() as f64 / best.max(1e-9),
+            tokens_per_s: tokens as f64 / best.max(1e-9),
+        });
+    }
+    Ok(out)
+}

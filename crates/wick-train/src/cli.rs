@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 
+use crate::attention::{Panels, attention_map, draw};
 use crate::bench::{BenchRequest, Preset, bench_train};
 use crate::config::{Config, EMBEDDED_DEFAULT};
 use crate::device::parse_device;
@@ -98,6 +99,11 @@ pub struct DecodeArgs {
     /// Source tokens per decoding batch.
     #[arg(long)]
     pub batch_tokens: Option<usize>,
+    /// Keep the N best beam hypotheses (N ≤ --beam). `translate` prints them as
+    /// `index<TAB>score<TAB>translation` lines; `evaluate` scores the best and writes all N
+    /// to `<hyp file>.nbest`.
+    #[arg(long, value_name = "N")]
+    pub n_best: Option<usize>,
 }
 
 impl DecodeArgs {
@@ -118,6 +124,9 @@ impl DecodeArgs {
         }
         if let Some(v) = self.batch_tokens {
             d.batch_tokens = v;
+        }
+        if let Some(v) = self.n_best {
+            d.n_best = v;
         }
         Ok(cfg.validate()?)
     }
@@ -152,10 +161,18 @@ pub struct TranslateArgs {
     pub run: RunArgs,
     #[command(flatten)]
     pub decode: DecodeArgs,
-    /// Print the N best beam hypotheses of each input as `index<TAB>score<TAB>translation`
-    /// lines (needs --beam ≥ N).
-    #[arg(long, value_name = "N")]
-    pub n_best: Option<usize>,
+    /// Draw the cross-attention of the translation to this .svg or .png: target tokens
+    /// down, source tokens across, one panel per decoder layer averaged over its heads
+    /// (needs exactly one sentence).
+    #[arg(long, value_name = "OUT.svg|OUT.png")]
+    pub attention: Option<PathBuf>,
+    /// With --attention: one panel per head of decoder layer N (1-based) instead.
+    #[arg(long, value_name = "N", requires = "attention")]
+    pub heads: Option<usize>,
+    /// Write the raw cross-attention weights as JSON: `layers[layer][head][target][source]`
+    /// with `src_tokens` and `tgt_tokens` (needs exactly one sentence).
+    #[arg(long, value_name = "OUT.json")]
+    pub attention_json: Option<PathBuf>,
     /// Sentences to translate; without any, stdin is read line by line.
     pub text: Vec<String>,
 }
@@ -185,6 +202,32 @@ pub struct ScoreArgs {
 pub enum BenchCommand {
     /// Time full training steps (forward, loss, backward, clip, AdamW) on random batches.
     Train(BenchTrainArgs),
+    /// Time decoding of a run's test split: greedy, greedy without the key/value cache, and
+    /// beam search; sentences/s and output tokens/s.
+    Decode(BenchDecodeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BenchDecodeArgs {
+    #[command(flatten)]
+    pub run: RunArgs,
+    /// Split of the run's config whose sources are decoded.
+    #[arg(long, value_enum, default_value = "test")]
+    pub split: Split,
+    /// Decode only the first N sentences.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Beam size of the beam-search timing (1: skip it).
+    #[arg(long, default_value_t = 5)]
+    pub beam: usize,
+    /// Skip the (slow) greedy decoding without the cache.
+    #[arg(long)]
+    pub no_uncached: bool,
+    /// Timed repeats per mode; the fastest is reported.
+    #[arg(long, default_value_t = 1)]
+    pub repeats: usize,
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -220,6 +263,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Translate(a) => cmd_translate(a),
         Command::Score(a) => cmd_score(a),
         Command::Bench(BenchCommand::Train(a)) => cmd_bench_train(a),
+        Command::Bench(BenchCommand::Decode(a)) => cmd_bench_decode(a),
     }
 }
 
@@ -309,6 +353,7 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
             report.chrf,
             100.0 * report.exact_match
         );
+        print_intervals(&report);
         println!("  {}", report.signature);
         println!("  translations: {}", report.hyp_file.display());
         if a.samples > 0 {
@@ -343,6 +388,22 @@ fn cmd_evaluate(a: EvaluateArgs) -> Result<()> {
     } else {
         println!("{}", report.bleu_detail);
         println!("chrF2 = {:.2}", report.chrf);
+        print_intervals(&report);
+        println!("by source length (words):");
+        println!(
+            "  {:>7}  {:>9}  {:>6}  {:>6}  {:>9}",
+            "words", "sentences", "BLEU", "chrF2", "len ratio"
+        );
+        for b in &report.by_length {
+            println!(
+                "  {:>7}  {:>9}  {:>6.2}  {:>6.2}  {:>9.3}",
+                b.label(),
+                b.n_sentences,
+                b.bleu,
+                b.chrf,
+                b.length_ratio
+            );
+        }
         println!(
             "reference perplexity = {:.2}, token accuracy {:.1}% ({} pairs, forced decoding)",
             report.ref_ppl,
@@ -361,8 +422,26 @@ fn cmd_evaluate(a: EvaluateArgs) -> Result<()> {
             report.hyp_file.display(),
             report.sentences_per_s
         );
+        if let Some(f) = &report.nbest_file {
+            println!("n-best lists: {}", f.display());
+        }
     }
     Ok(())
+}
+
+/// The bootstrap intervals in sacreBLEU's `μ ± x` style plus the percentile bounds.
+fn print_intervals(report: &crate::evaluate::EvalReport) {
+    for (name, ci) in [("BLEU", &report.bleu_ci), ("chrF2", &report.chrf_ci)] {
+        println!(
+            "  {name} 95% CI [{:.2}, {:.2}] (μ = {:.2} ± {:.2}, {} bootstrap resamples, seed {})",
+            ci.low,
+            ci.high,
+            ci.mean,
+            ci.half_width(),
+            ci.resamples,
+            ci.seed
+        );
+    }
 }
 
 fn cmd_translate(a: TranslateArgs) -> Result<()> {
@@ -370,26 +449,26 @@ fn cmd_translate(a: TranslateArgs) -> Result<()> {
     let mut run = Run::open(&a.run.run)?;
     a.decode.apply(&mut run.config)?;
     let model = run.load_model(a.run.checkpoint, &device)?;
+    if a.attention.is_some() || a.attention_json.is_some() {
+        return translate_with_attention(&a, &run, &model);
+    }
+    let nbest_format = a.decode.n_best.is_some() || run.config.decode.n_best > 1;
     let out = std::io::stdout();
     let mut out = out.lock();
     let mut done = 0usize;
     let mut emit = |lines: &[String]| -> Result<()> {
-        match a.n_best {
-            Some(n) => {
-                for (k, hyps) in
-                    translate_nbest(&model, &run.tokenizers, &run.config.decode, lines, n)?
-                        .into_iter()
-                        .enumerate()
-                {
-                    for (text, score) in hyps {
-                        writeln!(out, "{}\t{score:.4}\t{text}", done + k)?;
-                    }
+        if nbest_format {
+            for (k, hyps) in translate_nbest(&model, &run.tokenizers, &run.config.decode, lines)?
+                .into_iter()
+                .enumerate()
+            {
+                for (text, score) in hyps {
+                    writeln!(out, "{}\t{score:.4}\t{text}", done + k)?;
                 }
             }
-            None => {
-                for t in translate(&model, &run.tokenizers, &run.config.decode, lines)? {
-                    writeln!(out, "{t}")?;
-                }
+        } else {
+            for t in translate(&model, &run.tokenizers, &run.config.decode, lines)? {
+                writeln!(out, "{t}")?;
             }
         }
         done += lines.len();
@@ -413,6 +492,37 @@ fn cmd_translate(a: TranslateArgs) -> Result<()> {
     if !pending.is_empty() {
         emit(&pending)?;
     }
+    Ok(())
+}
+
+/// `translate --attention/--attention-json`: one sentence, its translation on stdout and
+/// the attention written where asked.
+fn translate_with_attention(
+    a: &TranslateArgs,
+    run: &Run,
+    model: &wick_model::Transformer,
+) -> Result<()> {
+    let [sentence] = a.text.as_slice() else {
+        bail!(
+            "--attention and --attention-json draw one sentence: give exactly one as an argument (got {})",
+            a.text.len()
+        )
+    };
+    let map = attention_map(model, &run.tokenizers, &run.config.decode, sentence)?;
+    if let Some(path) = &a.attention_json {
+        crate::checkpoint::write_atomic(path, serde_json::to_string(&map)?.as_bytes())
+            .with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("attention weights: {}", path.display());
+    }
+    if let Some(path) = &a.attention {
+        let panels = match a.heads {
+            Some(layer) => Panels::HeadsOf(layer),
+            None => Panels::LayerMeans,
+        };
+        draw(&map, panels, path)?;
+        eprintln!("attention plot: {}", path.display());
+    }
+    println!("{}", map.translation);
     Ok(())
 }
 
@@ -521,6 +631,47 @@ fn cmd_bench_train(a: BenchTrainArgs) -> Result<()> {
             r.gflops,
             r.peak_rss_mb.unwrap_or(0.0),
             r.working_memory_mb.unwrap_or(0.0)
+        );
+    }
+    Ok(())
+}
+
+fn cmd_bench_decode(a: BenchDecodeArgs) -> Result<()> {
+    let device = parse_device(&a.run.device)?;
+    let run = Run::open(&a.run.run)?;
+    let mut sources: Vec<String> = load_split(&run.config, a.split)?
+        .into_iter()
+        .map(|p| p.src)
+        .collect();
+    if let Some(n) = a.limit {
+        sources.truncate(n);
+    }
+    if sources.is_empty() {
+        bail!("nothing to decode: the {} split is empty", a.split.name())
+    }
+    let timings = crate::bench::bench_decode(crate::bench::DecodeBenchRequest {
+        run: &run,
+        which: a.run.checkpoint,
+        sources,
+        beam: a.beam,
+        uncached: !a.no_uncached,
+        repeats: a.repeats,
+        device: &device,
+    })?;
+    if a.json {
+        println!("{}", serde_json::to_string(&timings)?);
+        return Ok(());
+    }
+    let base = timings[0].seconds;
+    for t in &timings {
+        println!(
+            "{:<16} {:>5} sentences  {:>7.2} s  {:>8.1} sentences/s  {:>8.0} tokens/s  ({:.2}× the time of cached greedy)",
+            t.mode,
+            t.sentences,
+            t.seconds,
+            t.sentences_per_s,
+            t.tokens_per_s,
+            t.seconds / base
         );
     }
     Ok(())

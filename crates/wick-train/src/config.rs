@@ -198,6 +198,9 @@ pub struct DecodeConfig {
     pub max_len_b: usize,
     /// Token budget of one decoding batch (source tokens × rows).
     pub batch_tokens: usize,
+    /// Beam hypotheses kept per sentence (`wick translate` prints them all; `wick evaluate`
+    /// scores the best and writes the list to `<hyp file>.nbest`). At most `beam`.
+    pub n_best: usize,
 }
 
 impl Default for DecodeConfig {
@@ -208,6 +211,7 @@ impl Default for DecodeConfig {
             max_len_a: 1.5,
             max_len_b: 10,
             batch_tokens: 6000,
+            n_best: 1,
         }
     }
 }
@@ -446,6 +450,12 @@ impl Config {
         }
         if dc.batch_tokens == 0 {
             return Err(invalid("decode.batch_tokens", "must be positive"));
+        }
+        if dc.n_best == 0 || dc.n_best > dc.beam {
+            return Err(invalid(
+                "decode.n_best",
+                format!("must be between 1 and decode.beam ({})", dc.beam),
+            ));
         }
         Ok(())
     }

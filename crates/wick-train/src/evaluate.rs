@@ -9,10 +9,76 @@ use serde::Serialize;
 use wick_data::Pair;
 use wick_data::corpus::read_lines;
 
-use crate::metrics::{BleuOptions, ChrfOptions, corpus_bleu, corpus_chrf};
+use crate::metrics::{
+    BleuOptions, BleuStats, ChrfOptions, ChrfStats, ConfidenceInterval, bleu_chrf_intervals,
+    bleu_from_stats, bleu_segments, chrf_segments, chrf_signature,
+};
 use crate::prepare::{Split, load_split};
 use crate::run::{Run, Which};
-use crate::translate::translate;
+use crate::translate::{translate, translate_nbest};
+
+/// Bootstrap resamples for the confidence intervals, and their seed (fixed, so two
+/// evaluations of the same output print the same interval).
+pub const BOOTSTRAP_RESAMPLES: usize = 1000;
+pub const BOOTSTRAP_SEED: u64 = 12345;
+
+/// Upper bounds (inclusive, in whitespace-separated source words) of the length buckets;
+/// the last bucket is open-ended.
+const LENGTH_BUCKETS: [usize; 6] = [5, 10, 15, 20, 30, 40];
+
+/// Scores of the sentences whose source has `min_words..=max_words` words.
+#[derive(Debug, Serialize)]
+pub struct LengthBucket {
+    pub min_words: usize,
+    /// `None` for the open-ended last bucket.
+    pub max_words: Option<usize>,
+    pub n_sentences: usize,
+    pub bleu: f64,
+    pub chrf: f64,
+    /// Mean hypothesis / reference length in BLEU tokens.
+    pub length_ratio: f64,
+}
+
+impl LengthBucket {
+    pub fn label(&self) -> String {
+        match self.max_words {
+            Some(m) => format!("{}-{m}", self.min_words),
+            None => format!("{}+", self.min_words),
+        }
+    }
+}
+
+/// Splits the corpus by source length (in words) and scores each non-empty part.
+fn length_buckets(sources: &[String], bleu: &[BleuStats], chrf: &[ChrfStats]) -> Vec<LengthBucket> {
+    let mut out = Vec::new();
+    let mut lo = 0;
+    for k in 0..=LENGTH_BUCKETS.len() {
+        let hi = LENGTH_BUCKETS.get(k).copied();
+        let mut b = BleuStats::default();
+        let mut c = ChrfStats::default();
+        let mut n = 0;
+        for (i, s) in sources.iter().enumerate() {
+            let words = s.split_whitespace().count();
+            if words >= lo && hi.is_none_or(|h| words <= h) {
+                b += bleu[i];
+                c += &chrf[i];
+                n += 1;
+            }
+        }
+        if n > 0 {
+            out.push(LengthBucket {
+                min_words: lo,
+                max_words: hi,
+                n_sentences: n,
+                bleu: bleu_from_stats(&b, BleuOptions::default(), 1).score,
+                chrf: c.score(),
+                length_ratio: b.hyp_len as f64 / b.ref_len.max(1) as f64,
+            });
+        }
+        lo = hi.map_or(lo, |h| h + 1);
+    }
+    out
+}
 
 #[derive(Debug, Serialize)]
 pub struct EvalReport {
@@ -21,12 +87,19 @@ pub struct EvalReport {
     pub bleu_detail: String,
     pub chrf: f64,
     pub chrf_signature: String,
+    /// 95% bootstrap confidence intervals (percentile method).
+    pub bleu_ci: ConfidenceInterval,
+    pub chrf_ci: ConfidenceInterval,
+    /// BLEU and chrF per source-length bucket.
+    pub by_length: Vec<LengthBucket>,
     /// Both signatures, `BLEU|… / chrF2|…`.
     pub signature: String,
     /// Fraction of hypotheses identical to their reference.
     pub exact_match: f64,
     pub n_sentences: usize,
     pub hyp_file: PathBuf,
+    /// With `decode.n_best > 1`: the n-best list, `index<TAB>score<TAB>translation` lines.
+    pub nbest_file: Option<PathBuf>,
     pub checkpoint: PathBuf,
     /// Beam size used (1: greedy).
     pub beam: usize,
@@ -80,11 +153,39 @@ pub fn evaluate(req: EvalRequest) -> Result<EvalReport> {
     let model = run.load_model(req.which, req.device)?;
     let start = Instant::now();
     let sources: Vec<String> = pairs.iter().map(|p| p.src.clone()).collect();
-    let hyps = translate(&model, &run.tokenizers, &run.config.decode, &sources)?;
+    let decode = &run.config.decode;
+    let nbest = if decode.n_best > 1 {
+        Some(translate_nbest(&model, &run.tokenizers, decode, &sources)?)
+    } else {
+        None
+    };
+    let hyps = match &nbest {
+        Some(lists) => lists.iter().map(|l| l[0].0.clone()).collect(),
+        None => translate(&model, &run.tokenizers, decode, &sources)?,
+    };
     let seconds = start.elapsed().as_secs_f64();
     let refs = vec![pairs.iter().map(|p| p.tgt.clone()).collect::<Vec<_>>()];
-    let bleu = corpus_bleu(&hyps, &refs, BleuOptions::default());
-    let chrf = corpus_chrf(&hyps, &refs, ChrfOptions::default());
+    let bleu_opts = BleuOptions::default();
+    let chrf_opts = ChrfOptions::default();
+    let bleu_segs = bleu_segments(&hyps, &refs, bleu_opts);
+    let chrf_segs = chrf_segments(&hyps, &refs, chrf_opts);
+    let mut bleu_total = BleuStats::default();
+    let mut chrf_total = ChrfStats::default();
+    for (b, c) in bleu_segs.iter().zip(&chrf_segs) {
+        bleu_total += *b;
+        chrf_total += c;
+    }
+    let bleu = bleu_from_stats(&bleu_total, bleu_opts, 1);
+    let chrf = chrf_total.score();
+    let (bleu_ci, chrf_ci) = bleu_chrf_intervals(
+        &bleu_segs,
+        &chrf_segs,
+        bleu_opts,
+        BOOTSTRAP_RESAMPLES,
+        BOOTSTRAP_SEED,
+    );
+    let by_length = length_buckets(&sources, &bleu_segs, &chrf_segs);
+    let chrf_signature = chrf_signature(chrf_opts, 1);
     let exact =
         hyps.iter().zip(&refs[0]).filter(|(h, r)| h == r).count() as f64 / hyps.len() as f64;
     // Forced decoding of the references; pairs too long for the position table are left out.
@@ -113,13 +214,33 @@ pub fn evaluate(req: EvalRequest) -> Result<EvalReport> {
     let mut text = hyps.join("\n");
     text.push('\n');
     crate::checkpoint::write_atomic(&hyp_file, text.as_bytes())?;
+    let nbest_file = match &nbest {
+        Some(lists) => {
+            let mut text = String::new();
+            for (i, list) in lists.iter().enumerate() {
+                for (hyp, score) in list {
+                    text.push_str(&format!("{i}\t{score:.4}\t{hyp}\n"));
+                }
+            }
+            let mut name = hyp_file.clone().into_os_string();
+            name.push(".nbest");
+            let path = PathBuf::from(name);
+            crate::checkpoint::write_atomic(&path, text.as_bytes())?;
+            Some(path)
+        }
+        None => None,
+    };
     Ok(EvalReport {
         bleu: bleu.score,
-        signature: format!("{} / {}", bleu.signature, chrf.signature),
+        signature: format!("{} / {}", bleu.signature, chrf_signature),
         bleu_detail: bleu.format(),
         bleu_signature: bleu.signature,
-        chrf: chrf.score,
-        chrf_signature: chrf.signature,
+        chrf,
+        chrf_signature,
+        bleu_ci,
+        chrf_ci,
+        by_length,
+        nbest_file,
         exact_match: exact,
         n_sentences: hyps.len(),
         hyp_file,

@@ -1,5 +1,6 @@
 //! `wick-train`: configuration, training, evaluation and the `wick` command-line tool.
 
+pub mod attention;
 pub mod bench;
 pub mod checkpoint;
 pub mod cli;

@@ -286,9 +286,8 @@ pub fn bleu_from_stats(stats: &BleuStats, opts: BleuOptions, n_refs: usize) -> B
 /// `refs[k][i]` is the k-th reference of hypothesis `i`.
 pub fn corpus_bleu(hyps: &[String], refs: &[Vec<String>], opts: BleuOptions) -> BleuScore {
     let mut total = BleuStats::default();
-    for (i, h) in hyps.iter().enumerate() {
-        let rs: Vec<&str> = refs.iter().map(|r| r[i].as_str()).collect();
-        total += bleu_segment(opts, h, &rs);
+    for s in bleu_segments(hyps, refs, opts) {
+        total += s;
     }
     bleu_from_stats(&total, opts, refs.len())
 }
@@ -427,9 +426,9 @@ fn chrf_from_stats(stats: &[[usize; 3]]) -> f64 {
     100.0 * (1.0 + factor) * avg_prec * avg_rec / (factor * avg_prec + avg_rec)
 }
 
-/// `refs[k][i]` is the k-th reference of hypothesis `i`; with several references the one
-/// with the best sentence-level chrF is used for each segment.
-pub fn corpus_chrf(hyps: &[String], refs: &[Vec<String>], opts: ChrfOptions) -> ChrfScore {
+/// Per segment, the chrF statistics against its best reference (the one with the best
+/// sentence-level chrF); `refs[k][i]` is the k-th reference of hypothesis `i`.
+pub fn chrf_segments(hyps: &[String], refs: &[Vec<String>], opts: ChrfOptions) -> Vec<ChrfStats> {
     let lower = |s: &str| {
         if opts.lowercase {
             s.to_lowercase()
@@ -437,40 +436,158 @@ pub fn corpus_chrf(hyps: &[String], refs: &[Vec<String>], opts: ChrfOptions) -> 
             s.to_string()
         }
     };
-    let n_orders = opts.char_order + opts.word_order;
-    let mut total = vec![[0usize; 3]; n_orders];
-    for (i, h) in hyps.iter().enumerate() {
-        let h = lower(h);
-        let mut best: Option<(f64, Vec<[usize; 3]>)> = None;
-        for r in refs {
-            let s = chrf_stats_one(opts, &h, &lower(&r[i]));
-            let f = chrf_from_stats(&s);
-            if best.as_ref().is_none_or(|(bf, _)| f > *bf) {
-                best = Some((f, s));
-            }
-        }
-        if let Some((_, s)) = best {
-            for (t, x) in total.iter_mut().zip(s) {
-                for k in 0..3 {
-                    t[k] += x[k];
+    hyps.iter()
+        .enumerate()
+        .map(|(i, h)| {
+            let h = lower(h);
+            let mut best: Option<(f64, Vec<[usize; 3]>)> = None;
+            for r in refs {
+                let s = chrf_stats_one(opts, &h, &lower(&r[i]));
+                let f = chrf_from_stats(&s);
+                if best.as_ref().is_none_or(|(bf, _)| f > *bf) {
+                    best = Some((f, s));
                 }
+            }
+            let n_orders = opts.char_order + opts.word_order;
+            ChrfStats(best.map_or_else(|| vec![[0; 3]; n_orders], |(_, s)| s))
+        })
+        .collect()
+}
+
+/// chrF sufficient statistics: per order `[hyp n-grams, ref n-grams, matches]`.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ChrfStats(pub Vec<[usize; 3]>);
+
+impl std::ops::AddAssign<&ChrfStats> for ChrfStats {
+    fn add_assign(&mut self, o: &ChrfStats) {
+        if self.0.is_empty() {
+            self.0 = vec![[0; 3]; o.0.len()];
+        }
+        for (t, x) in self.0.iter_mut().zip(&o.0) {
+            for k in 0..3 {
+                t[k] += x[k];
             }
         }
     }
+}
+
+impl ChrfStats {
+    /// The corpus chrF (0–100) of these summed statistics.
+    pub fn score(&self) -> f64 {
+        chrf_from_stats(&self.0)
+    }
+}
+
+/// The sacreBLEU signature of a chrF computation.
+pub fn chrf_signature(opts: ChrfOptions, n_refs: usize) -> String {
     let name = if opts.word_order > 0 {
         format!("chrF{}{}", BETA as u32, "+".repeat(opts.word_order))
     } else {
         format!("chrF{}", BETA as u32)
     };
-    let signature = format!(
-        "{name}|nrefs:{}|case:{}|eff:yes|nc:{}|nw:{}|space:no|version:{SACREBLEU_VERSION}",
-        refs.len(),
+    format!(
+        "{name}|nrefs:{n_refs}|case:{}|eff:yes|nc:{}|nw:{}|space:no|version:{SACREBLEU_VERSION}",
         if opts.lowercase { "lc" } else { "mixed" },
         opts.char_order,
         opts.word_order
-    );
-    ChrfScore {
-        score: chrf_from_stats(&total),
-        signature,
+    )
+}
+
+/// `refs[k][i]` is the k-th reference of hypothesis `i`; with several references the one
+/// with the best sentence-level chrF is used for each segment.
+pub fn corpus_chrf(hyps: &[String], refs: &[Vec<String>], opts: ChrfOptions) -> ChrfScore {
+    let mut total = ChrfStats::default();
+    for s in &chrf_segments(hyps, refs, opts) {
+        total += s;
     }
+    ChrfScore {
+        score: total.score(),
+        signature: chrf_signature(opts, refs.len()),
+    }
+}
+
+/// BLEU statistics of every segment; `refs[k][i]` is the k-th reference of hypothesis `i`.
+pub fn bleu_segments(hyps: &[String], refs: &[Vec<String>], opts: BleuOptions) -> Vec<BleuStats> {
+    hyps.iter()
+        .enumerate()
+        .map(|(i, h)| {
+            let rs: Vec<&str> = refs.iter().map(|r| r[i].as_str()).collect();
+            bleu_segment(opts, h, &rs)
+        })
+        .collect()
+}
+
+/// A percentile bootstrap confidence interval of a corpus score.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct ConfidenceInterval {
+    /// Mean of the resampled scores.
+    pub mean: f64,
+    /// 2.5th and 97.5th percentiles of the resampled scores (a 95% interval).
+    pub low: f64,
+    pub high: f64,
+    pub resamples: usize,
+    pub seed: u64,
+}
+
+impl ConfidenceInterval {
+    /// Half the interval's width, the `± x` of sacreBLEU's `--confidence` output.
+    pub fn half_width(&self) -> f64 {
+        (self.high - self.low) / 2.0
+    }
+}
+
+/// Bootstrap resampling (Koehn, 2004): draws `resamples` corpora of `n` segments with
+/// replacement (ChaCha8 seeded with `seed`, so reruns agree) and scores each with `score`,
+/// which gets the drawn segment indices.
+pub fn bootstrap(
+    n: usize,
+    resamples: usize,
+    seed: u64,
+    mut score: impl FnMut(&[usize]) -> f64,
+) -> ConfidenceInterval {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let mut idx = vec![0usize; n];
+    let mut scores: Vec<f64> = (0..resamples)
+        .map(|_| {
+            for i in &mut idx {
+                *i = rng.random_range(0..n.max(1));
+            }
+            score(&idx)
+        })
+        .collect();
+    scores.sort_by(f64::total_cmp);
+    let at = |q: f64| scores[((q * resamples as f64) as usize).min(resamples.saturating_sub(1))];
+    ConfidenceInterval {
+        mean: scores.iter().sum::<f64>() / resamples.max(1) as f64,
+        low: if resamples > 0 { at(0.025) } else { f64::NAN },
+        high: if resamples > 0 { at(0.975) } else { f64::NAN },
+        resamples,
+        seed,
+    }
+}
+
+/// 95% bootstrap intervals of corpus BLEU and chrF from per-segment statistics.
+pub fn bleu_chrf_intervals(
+    bleu: &[BleuStats],
+    chrf: &[ChrfStats],
+    opts: BleuOptions,
+    resamples: usize,
+    seed: u64,
+) -> (ConfidenceInterval, ConfidenceInterval) {
+    let b = bootstrap(bleu.len(), resamples, seed, |idx| {
+        let mut total = BleuStats::default();
+        for &i in idx {
+            total += bleu[i];
+        }
+        bleu_from_stats(&total, opts, 1).score
+    });
+    let c = bootstrap(chrf.len(), resamples, seed, |idx| {
+        let mut total = ChrfStats::default();
+        for &i in idx {
+            total += &chrf[i];
+        }
+        total.score()
+    });
+    (b, c)
 }

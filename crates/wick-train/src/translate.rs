@@ -14,7 +14,7 @@ use crate::run::Tokenizers;
 /// Encodes `sources`, decodes them in length-sorted token-budget batches with `search`
 /// (given the encoded batch and each row's output length limit) and returns the results in
 /// input order.
-fn decode_batches<T: Clone + Default>(
+pub(crate) fn decode_batches<T: Clone + Default>(
     model: &Transformer,
     tok: &Tokenizers,
     decode: &DecodeConfig,
@@ -53,7 +53,7 @@ fn decode_batches<T: Clone + Default>(
     Ok(out)
 }
 
-const SPECIAL_IDS: SpecialIds = SpecialIds {
+pub(crate) const SPECIAL_IDS: SpecialIds = SpecialIds {
     bos: SPECIALS.bos,
     eos: SPECIALS.eos,
 };
@@ -82,25 +82,26 @@ pub fn translate_ids(
     })
 }
 
-/// The `n_best` best beam hypotheses of each source as (text, score), best first, in input
-/// order. The score is Σ log p divided by the length penalty.
+/// The `decode.n_best` best beam hypotheses of each source as (text, score), best first, in
+/// input order. The score is Σ log p divided by the length penalty. Uses beam search even
+/// with `beam = 1` (which equals greedy decoding) so that every output has a score.
 pub fn translate_nbest(
     model: &Transformer,
     tok: &Tokenizers,
     decode: &DecodeConfig,
     sources: &[String],
-    n_best: usize,
 ) -> Result<Vec<Vec<(String, f64)>>> {
-    if n_best == 0 || n_best > decode.beam {
+    if decode.n_best == 0 || decode.n_best > decode.beam {
         anyhow::bail!(
-            "--n-best {n_best} needs 1 <= n-best <= beam (beam is {})",
+            "n-best {} needs 1 <= n-best <= beam (beam is {})",
+            decode.n_best,
             decode.beam
         )
     }
     let cfg = BeamConfig {
         beam: decode.beam,
         length_penalty: decode.length_penalty,
-        n_best,
+        n_best: decode.n_best,
     };
     let hyps = decode_batches(model, tok, decode, sources, |memory, max_len| {
         Ok(beam_search(model, memory, SPECIAL_IDS, max_len, cfg)?)

@@ -187,8 +187,131 @@ fn train_evaluate_translate_on_a_small_run() {
     );
     fails_with(
         &wick(&["translate", "--run", run_s, "--n-best", "2", "a"]),
-        &["--n-best 2", "beam"],
+        &["decode.n_best", "beam"],
     );
+
+    // Confidence intervals and length buckets come with every evaluation.
+    let ci = &report["bleu_ci"];
+    let (low, high, bleu) = (
+        ci["low"].as_f64().unwrap(),
+        ci["high"].as_f64().unwrap(),
+        report["bleu"].as_f64().unwrap(),
+    );
+    assert!(low <= high && ci["resamples"] == 1000, "{ci}");
+    assert!(
+        low <= bleu + 1e-9 && bleu <= high + 1e-9 || low == high,
+        "{ci} vs {bleu}"
+    );
+    let buckets = report["by_length"].as_array().expect("by_length");
+    let counted: u64 = buckets
+        .iter()
+        .map(|b| b["n_sentences"].as_u64().unwrap())
+        .sum();
+    assert_eq!(counted, 40, "every sentence in one bucket: {buckets:?}");
+
+    // n-best lists from evaluate.
+    let o = wick(&[
+        "evaluate", "--run", run_s, "--json", "--beam", "3", "--n-best", "2",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let report: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    let nbest = std::fs::read_to_string(report["nbest_file"].as_str().expect("nbest_file"))
+        .expect("nbest file");
+    assert!(nbest.lines().count() > 40 && nbest.lines().count() <= 80);
+
+    // Attention: the JSON has one row per output token (and `</s>`) that sums to 1, the
+    // pictures are real SVG and PNG files.
+    let json_path = dir.path().join("att.json");
+    let svg_path = dir.path().join("att.svg");
+    let png_path = dir.path().join("att.png");
+    let o = wick(&[
+        "translate",
+        "--run",
+        run_s,
+        "--attention",
+        svg_path.to_str().unwrap(),
+        "--attention-json",
+        json_path.to_str().unwrap(),
+        "a b c d",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let map: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json_path).unwrap()).unwrap();
+    let (n_src, n_tgt) = (
+        map["src_tokens"].as_array().unwrap().len(),
+        map["tgt_tokens"].as_array().unwrap().len(),
+    );
+    assert_eq!(n_src, 5, "4 letters and </s>: {map}");
+    let layers = map["layers"].as_array().unwrap();
+    assert_eq!(layers.len(), 2);
+    for head in layers.iter().flat_map(|l| l.as_array().unwrap()) {
+        let rows = head.as_array().unwrap();
+        assert_eq!(rows.len(), n_tgt);
+        for row in rows {
+            let row: Vec<f64> = row
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_f64().unwrap())
+                .collect();
+            assert_eq!(row.len(), n_src);
+            let sum: f64 = row.iter().sum();
+            assert!((sum - 1.0).abs() < 1e-4, "attention row sums to {sum}");
+        }
+    }
+    let svg = std::fs::read_to_string(&svg_path).unwrap();
+    assert!(
+        svg.starts_with("<svg") && svg.contains("layer 2"),
+        "{svg:.200}"
+    );
+    let o = wick(&[
+        "translate",
+        "--run",
+        run_s,
+        "--attention",
+        png_path.to_str().unwrap(),
+        "--heads",
+        "1",
+        "a b",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(std::fs::read(&png_path).unwrap().starts_with(b"\x89PNG"));
+    fails_with(
+        &wick(&[
+            "translate",
+            "--run",
+            run_s,
+            "--attention",
+            "x.svg",
+            "a",
+            "b",
+        ]),
+        &["exactly one"],
+    );
+    fails_with(
+        &wick(&["translate", "--run", run_s, "--attention", "x.gif", "a"]),
+        &["x.gif", ".svg or .png"],
+    );
+    fails_with(
+        &wick(&[
+            "translate",
+            "--run",
+            run_s,
+            "--attention",
+            "x.svg",
+            "--heads",
+            "3",
+            "a",
+        ]),
+        &["--heads 3", "1 to 2"],
+    );
+
+    let o = wick(&[
+        "bench", "decode", "--run", run_s, "--limit", "8", "--beam", "2", "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let timings: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    assert_eq!(timings.as_array().unwrap().len(), 3, "{timings}");
 
     // The run directory is complete without the config file or the data that made it.
     let o = wick(&["evaluate", "--run", run_s, "--split", "dev"]);

@@ -4,7 +4,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic
 
 use wick_train::metrics::{
-    BleuOptions, BleuTokenizer, ChrfOptions, corpus_bleu, corpus_chrf, tokenize,
+    BleuOptions, BleuTokenizer, ChrfOptions, bleu_chrf_intervals, bleu_segments, chrf_segments,
+    corpus_bleu, corpus_chrf, tokenize,
 };
 
 fn s(v: &[&str]) -> Vec<String> {
@@ -71,4 +72,41 @@ fn thirteen_a_tokenizer_matches_mteval() {
         "a-b 3 - 4 \" x \" &"
     );
     assert_eq!(tokenize(BleuTokenizer::Char, "ab c"), "a b   c");
+}
+
+#[test]
+fn bootstrap_intervals_are_seeded_and_bracket_the_score() {
+    let hyps: Vec<String> = (0..60)
+        .map(|i| format!("the cat number {} sat on {} mats", i % 7, i % 3))
+        .collect();
+    let refs = vec![
+        (0..60)
+            .map(|i| format!("the cat number {} sat on the {} mats", i % 5, i % 3))
+            .collect::<Vec<_>>(),
+    ];
+    let opts = BleuOptions::default();
+    let b = bleu_segments(&hyps, &refs, opts);
+    let c = chrf_segments(&hyps, &refs, ChrfOptions::default());
+    let (b1, c1) = bleu_chrf_intervals(&b, &c, opts, 1000, 7);
+    let (b2, _) = bleu_chrf_intervals(&b, &c, opts, 1000, 7);
+    let (b3, _) = bleu_chrf_intervals(&b, &c, opts, 1000, 8);
+    assert_eq!(
+        (b1.low, b1.high),
+        (b2.low, b2.high),
+        "same seed, same interval"
+    );
+    assert_ne!((b1.low, b1.high), (b3.low, b3.high), "the seed is used");
+    let bleu = corpus_bleu(&hyps, &refs, opts).score;
+    assert!(b1.low < bleu && bleu < b1.high, "{b1:?} vs {bleu}");
+    assert!(c1.low < c1.mean && c1.mean < c1.high, "{c1:?}");
+    // Identical segments leave nothing to resample: a zero-width interval at the score.
+    let same = vec![b[0]; 50];
+    let same_c = vec![c[0].clone(); 50];
+    let (bs, _) = bleu_chrf_intervals(&same, &same_c, opts, 200, 1);
+    let one = corpus_bleu(
+        &vec![hyps[0].clone(); 50],
+        &[vec![refs[0][0].clone(); 50]],
+        opts,
+    );
+    assert!((bs.low - one.score).abs() < 1e-9 && (bs.high - one.score).abs() < 1e-9);
 }
