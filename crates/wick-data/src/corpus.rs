@@ -43,19 +43,6 @@ impl CorpusSpec {
             .collect::<Vec<_>>()
             .join(" + ")
     }
-
-    pub fn read(&self) -> Result<Vec<Pair>> {
-        let pairs = match self {
-            CorpusSpec::Tsv(path) => read_tsv(path)?,
-            CorpusSpec::Files { src, tgt } => read_aligned(src, tgt)?,
-        };
-        if pairs.is_empty() {
-            return Err(DataError::Empty {
-                path: self.paths()[0].to_path_buf(),
-            });
-        }
-        Ok(pairs)
-    }
 }
 
 /// Opens a file, decompressing `.gz`.
@@ -72,9 +59,13 @@ fn open(path: &Path) -> Result<Box<dyn BufRead>> {
     Ok(Box::new(BufReader::with_capacity(1 << 16, reader)))
 }
 
-/// Reads every line of a text file as UTF-8, without the line terminator (`\n` or `\r\n`)
-/// and without a leading byte-order mark.
-pub fn read_lines(path: &Path) -> Result<Vec<String>> {
+/// A line as read: its text, or where its invalid UTF-8 starts.
+pub type RawLine = std::result::Result<String, usize>;
+
+/// Reads every line of a text file without the line terminator (`\n` or `\r\n`) and without
+/// a leading byte-order mark, keeping lines that are not valid UTF-8 as the byte offset of
+/// the first bad byte. Read errors (a truncated `.gz`, an I/O failure) name the file and line.
+pub fn read_raw_lines(path: &Path) -> Result<Vec<RawLine>> {
     let mut reader = open(path)?;
     let mut lines = Vec::new();
     let mut buf = Vec::new();
@@ -101,76 +92,245 @@ pub fn read_lines(path: &Path) -> Result<Vec<String>> {
         if line_no == 1 {
             bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
         }
-        let text = std::str::from_utf8(bytes).map_err(|e| DataError::Utf8 {
-            path: path.to_path_buf(),
-            line: line_no,
-            offset: e.valid_up_to(),
-        })?;
-        lines.push(text.to_string());
+        lines.push(
+            std::str::from_utf8(bytes)
+                .map(str::to_string)
+                .map_err(|e| e.valid_up_to()),
+        );
     }
     Ok(lines)
 }
 
-fn check_side(path: &Path, line: usize, side: &str, text: &str) -> Result<()> {
-    if text.trim().is_empty() {
-        return Err(DataError::Line {
-            path: path.to_path_buf(),
-            line,
-            problem: format!("empty {side} side"),
-        });
-    }
-    if text.contains('\0') {
-        return Err(DataError::Line {
-            path: path.to_path_buf(),
-            line,
-            problem: format!("NUL byte in the {side} side"),
-        });
-    }
-    Ok(())
-}
-
-/// Reads `source<TAB>target` lines.
-pub fn read_tsv(path: &Path) -> Result<Vec<Pair>> {
-    let lines = read_lines(path)?;
-    let mut pairs = Vec::with_capacity(lines.len());
-    for (i, line) in lines.into_iter().enumerate() {
-        let line_no = i + 1;
-        let mut cols = line.split('\t');
-        let (Some(src), Some(tgt), None) = (cols.next(), cols.next(), cols.next()) else {
-            let n = line.split('\t').count();
-            return Err(DataError::Line {
+/// Reads every line of a text file as UTF-8 (see [`read_raw_lines`]); the first invalid line
+/// is an error naming the file, line and byte offset.
+pub fn read_lines(path: &Path) -> Result<Vec<String>> {
+    read_raw_lines(path)?
+        .into_iter()
+        .enumerate()
+        .map(|(i, l)| {
+            l.map_err(|offset| DataError::Utf8 {
                 path: path.to_path_buf(),
-                line: line_no,
-                problem: format!("expected 2 tab-separated columns (source, target), found {n}"),
-            });
-        };
-        check_side(path, line_no, "source", src)?;
-        check_side(path, line_no, "target", tgt)?;
-        pairs.push(Pair {
-            src: src.to_string(),
-            tgt: tgt.to_string(),
-        });
-    }
-    Ok(pairs)
+                line: i + 1,
+                offset,
+            })
+        })
+        .collect()
 }
 
-/// Reads two files aligned line by line.
-pub fn read_aligned(src_path: &Path, tgt_path: &Path) -> Result<Vec<Pair>> {
-    let src = read_lines(src_path)?;
-    let tgt = read_lines(tgt_path)?;
-    if src.len() != tgt.len() {
-        return Err(DataError::LengthMismatch {
-            src: src_path.to_path_buf(),
-            tgt: tgt_path.to_path_buf(),
-            n_src: src.len(),
-            n_tgt: tgt.len(),
+/// What to do with a malformed line of a corpus (`data.on_bad_line`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnBadLine {
+    /// Stop with an error naming the file, line and problem.
+    #[default]
+    Error,
+    /// Drop the pair, count it and report the counts.
+    Skip,
+}
+
+/// Why a line is not a usable sentence pair.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Problem {
+    InvalidUtf8,
+    /// A TSV line without exactly two tab-separated columns.
+    Columns,
+    /// A side that is empty or only whitespace.
+    EmptySide,
+    /// A NUL byte or another control character (tab excepted).
+    ControlCharacter,
+}
+
+impl Problem {
+    pub fn describe(self) -> &'static str {
+        match self {
+            Problem::InvalidUtf8 => "invalid UTF-8",
+            Problem::Columns => "not 2 tab-separated columns",
+            Problem::EmptySide => "empty or whitespace-only side",
+            Problem::ControlCharacter => "control character",
+        }
+    }
+}
+
+/// A line that is not a usable sentence pair.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct BadLine {
+    pub path: PathBuf,
+    pub line: usize,
+    pub problem: Problem,
+    /// The specific finding, e.g. "NUL byte (U+0000) in the target side".
+    pub detail: String,
+}
+
+impl std::fmt::Display for BadLine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}: {}", self.path.display(), self.line, self.detail)
+    }
+}
+
+/// A corpus read in full: its good pairs (with their line numbers) and its bad lines.
+#[derive(Clone, Debug, Default)]
+pub struct Scan {
+    pub pairs: Vec<Pair>,
+    /// 1-based line number of each pair.
+    pub line_numbers: Vec<usize>,
+    pub bad: Vec<BadLine>,
+    /// Lines read (pairs + bad lines).
+    pub lines: usize,
+}
+
+/// The problem of one side of a pair, if any.
+fn side_problem(side: &str, text: &str) -> Option<(Problem, String)> {
+    if text.trim().is_empty() {
+        return Some((Problem::EmptySide, format!("empty {side} side")));
+    }
+    let c = text.chars().find(|&c| c.is_control() && c != '\t')?;
+    let name = if c == '\0' {
+        "NUL byte"
+    } else {
+        "control character"
+    };
+    Some((
+        Problem::ControlCharacter,
+        format!("{name} (U+{:04X}) in the {side} side", c as u32),
+    ))
+}
+
+impl Scan {
+    fn bad(&mut self, path: &Path, line: usize, (problem, detail): (Problem, String)) {
+        self.bad.push(BadLine {
+            path: path.to_path_buf(),
+            line,
+            problem,
+            detail,
         });
     }
-    let mut pairs = Vec::with_capacity(src.len());
-    for (i, (s, t)) in src.into_iter().zip(tgt).enumerate() {
-        check_side(src_path, i + 1, "source", &s)?;
-        check_side(tgt_path, i + 1, "target", &t)?;
-        pairs.push(Pair { src: s, tgt: t });
+
+    /// Records a pair, or the first problem of its sides.
+    fn push(&mut self, (src_path, tgt_path): (&Path, &Path), line: usize, src: &str, tgt: &str) {
+        if let Some(p) = side_problem("source", src) {
+            self.bad(src_path, line, p);
+        } else if let Some(p) = side_problem("target", tgt) {
+            self.bad(tgt_path, line, p);
+        } else {
+            self.pairs.push(Pair {
+                src: src.to_string(),
+                tgt: tgt.to_string(),
+            });
+            self.line_numbers.push(line);
+        }
     }
-    Ok(pairs)
+
+    fn invalid_utf8(&mut self, path: &Path, line: usize, offset: usize) {
+        let detail = format!("invalid UTF-8 (byte offset {offset} in the line)");
+        self.bad(path, line, (Problem::InvalidUtf8, detail));
+    }
+
+    /// Counts of the bad lines by problem, e.g. "2 empty or whitespace-only side (lines 4,
+    /// 9), 1 invalid UTF-8 (line 7)".
+    pub fn summary(&self) -> String {
+        let mut by: std::collections::BTreeMap<Problem, Vec<usize>> = Default::default();
+        for b in &self.bad {
+            by.entry(b.problem).or_default().push(b.line);
+        }
+        by.iter()
+            .map(|(p, lines)| {
+                let shown: Vec<String> = lines.iter().take(5).map(usize::to_string).collect();
+                let more = if lines.len() > 5 { ", …" } else { "" };
+                let word = if lines.len() == 1 { "line" } else { "lines" };
+                format!(
+                    "{} {} ({word} {}{more})",
+                    lines.len(),
+                    p.describe(),
+                    shown.join(", ")
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+}
+
+impl CorpusSpec {
+    /// Reads the whole corpus, sorting lines into pairs and bad lines. Only problems that
+    /// make the corpus unreadable are errors: a missing file, a read failure (e.g. truncated
+    /// gzip), two files of different lengths.
+    pub fn scan(&self) -> Result<Scan> {
+        let mut scan = Scan::default();
+        match self {
+            CorpusSpec::Tsv(path) => {
+                for (i, line) in read_raw_lines(path)?.into_iter().enumerate() {
+                    let line_no = i + 1;
+                    scan.lines += 1;
+                    let line = match line {
+                        Ok(l) => l,
+                        Err(offset) => {
+                            scan.invalid_utf8(path, line_no, offset);
+                            continue;
+                        }
+                    };
+                    let mut cols = line.split('\t');
+                    match (cols.next(), cols.next(), cols.next()) {
+                        (Some(src), Some(tgt), None) => {
+                            scan.push((path, path), line_no, src, tgt);
+                        }
+                        _ => {
+                            let n = line.split('\t').count();
+                            let detail = format!(
+                                "expected 2 tab-separated columns (source, target), found {n}"
+                            );
+                            scan.bad(path, line_no, (Problem::Columns, detail));
+                        }
+                    }
+                }
+            }
+            CorpusSpec::Files { src, tgt } => {
+                let (s, t) = (read_raw_lines(src)?, read_raw_lines(tgt)?);
+                if s.len() != t.len() {
+                    return Err(DataError::LengthMismatch {
+                        src: src.clone(),
+                        tgt: tgt.clone(),
+                        n_src: s.len(),
+                        n_tgt: t.len(),
+                    });
+                }
+                for (i, (a, b)) in s.into_iter().zip(t).enumerate() {
+                    let line_no = i + 1;
+                    scan.lines += 1;
+                    match (a, b) {
+                        (Ok(a), Ok(b)) => scan.push((src, tgt), line_no, &a, &b),
+                        (Err(offset), _) => scan.invalid_utf8(src, line_no, offset),
+                        (_, Err(offset)) => scan.invalid_utf8(tgt, line_no, offset),
+                    }
+                }
+            }
+        }
+        Ok(scan)
+    }
+
+    /// The corpus's pairs under `policy`: with `Error` the first bad line is an error naming
+    /// its file and line; with `Skip` bad lines are dropped and returned in the scan.
+    pub fn read_with(&self, policy: OnBadLine) -> Result<Scan> {
+        let scan = self.scan()?;
+        if let (OnBadLine::Error, Some(b)) = (policy, scan.bad.first()) {
+            return Err(DataError::Line {
+                path: b.path.clone(),
+                line: b.line,
+                problem: format!(
+                    "{} (set data.on_bad_line = \"skip\" to drop such lines; `wick data check` lists them all)",
+                    b.detail
+                ),
+            });
+        }
+        if scan.pairs.is_empty() {
+            return Err(DataError::Empty {
+                path: self.paths()[0].to_path_buf(),
+            });
+        }
+        Ok(scan)
+    }
+
+    /// The corpus's pairs; any bad line is an error.
+    pub fn read(&self) -> Result<Vec<Pair>> {
+        Ok(self.read_with(OnBadLine::Error)?.pairs)
+    }
 }

@@ -16,6 +16,6 @@ pub mod synthetic;
 pub mod tokenizer;
 
 pub use batch::{Batch, Example, SourceBatch};
-pub use corpus::{CorpusSpec, Pair};
+pub use corpus::{BadLine, CorpusSpec, OnBadLine, Pair, Scan};
 pub use error::DataError;
 pub use tokenizer::{SpecialTokens, SubwordTokenizer};

@@ -188,7 +188,7 @@ pub fn bench_decode(req: DecodeBenchRequest) -> Result<Vec<DecodeTiming>> {
     use crate::translate::{SPECIAL_IDS, decode_batches};
     use wick_model::search::{BeamConfig, beam_search, greedy, greedy_uncached};
 
-    let model = req.run.load_model(req.which, req.device)?;
+    let model = req.run.load_model(&req.which, req.device)?;
     let tok = &req.run.tokenizers;
     let decode = &req.run.config.decode;
     let mut modes = vec!["greedy".to_string()];

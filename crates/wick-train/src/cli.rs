@@ -36,9 +36,45 @@ pub enum Command {
     Translate(TranslateArgs),
     /// Score hypothesis files against references, like the sacrebleu command.
     Score(ScoreArgs),
+    /// Average the last (or best) K validation checkpoints of a run into a new checkpoint;
+    /// evaluate it with `wick evaluate --checkpoint avg-last-K.safetensors`.
+    Average(AverageArgs),
     /// Measure speed.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Inspect corpora.
+    #[command(subcommand)]
+    Data(DataCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DataCommand {
+    /// Report, without training, everything wrong or suspicious in a config's corpora (or in
+    /// given files): pair counts, malformed lines (invalid UTF-8, wrong column count, empty
+    /// sides, control characters) with line numbers, over-long pairs, duplicate pairs,
+    /// untranslated pairs, and dev/test sources that also occur in train. Exits non-zero
+    /// only for problems that would stop `wick train`.
+    Check(DataCheckArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DataCheckArgs {
+    /// Config whose data.train/dev/test to check [default: the embedded configs/toy.toml].
+    #[arg(long, short, conflicts_with_all = ["src", "tsv"])]
+    pub config: Option<PathBuf>,
+    /// Override a config key, e.g. `--set data.max_len=50`.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub overrides: Vec<String>,
+    /// Check an aligned source file (with --tgt) instead of a config.
+    #[arg(long, requires = "tgt")]
+    pub src: Option<PathBuf>,
+    #[arg(long, requires = "src")]
+    pub tgt: Option<PathBuf>,
+    /// Check a `source<TAB>target` file instead of a config.
+    #[arg(long, conflicts_with = "src")]
+    pub tsv: Option<PathBuf>,
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -73,8 +109,9 @@ pub struct RunArgs {
     /// A run directory written by `wick train`.
     #[arg(long)]
     pub run: PathBuf,
-    /// Which checkpoint of the run.
-    #[arg(long, value_enum, default_value = "best")]
+    /// best, last, or a checkpoint file: a name in the run's checkpoints/ (e.g.
+    /// step-1200.safetensors, avg-last-5.safetensors from `wick average`) or any path.
+    #[arg(long, default_value = "best", value_name = "best|last|FILE")]
     pub checkpoint: Which,
     /// cpu, cuda, cuda:N or metal.
     #[arg(long, default_value = "cpu")]
@@ -178,6 +215,23 @@ pub struct TranslateArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("which").required(true).args(["last", "best"])))]
+pub struct AverageArgs {
+    /// A run directory written by `wick train`.
+    #[arg(long)]
+    pub run: PathBuf,
+    /// Average the K most recent validation checkpoints.
+    #[arg(long, value_name = "K")]
+    pub last: Option<usize>,
+    /// Average the K best validation checkpoints (by the run's train.best_metric).
+    #[arg(long, value_name = "K")]
+    pub best: Option<usize>,
+    /// Output file [default: <run>/checkpoints/avg-last-K.safetensors or avg-best-K].
+    #[arg(long)]
+    pub output: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
 pub struct ScoreArgs {
     /// Reference file (repeat for multiple references).
     #[arg(long = "ref", required = true)]
@@ -262,8 +316,10 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Evaluate(a) => cmd_evaluate(a),
         Command::Translate(a) => cmd_translate(a),
         Command::Score(a) => cmd_score(a),
+        Command::Average(a) => cmd_average(a),
         Command::Bench(BenchCommand::Train(a)) => cmd_bench_train(a),
         Command::Bench(BenchCommand::Decode(a)) => cmd_bench_decode(a),
+        Command::Data(DataCommand::Check(a)) => cmd_data_check(a),
     }
 }
 
@@ -377,7 +433,7 @@ fn cmd_evaluate(a: EvaluateArgs) -> Result<()> {
     let src_ref = a.src.zip(a.reference);
     let report = evaluate(EvalRequest {
         run: &run,
-        which: a.run.checkpoint,
+        which: a.run.checkpoint.clone(),
         split: a.split,
         src_ref,
         output: a.output,
@@ -448,7 +504,7 @@ fn cmd_translate(a: TranslateArgs) -> Result<()> {
     let device = parse_device(&a.run.device)?;
     let mut run = Run::open(&a.run.run)?;
     a.decode.apply(&mut run.config)?;
-    let model = run.load_model(a.run.checkpoint, &device)?;
+    let model = run.load_model(&a.run.checkpoint, &device)?;
     if a.attention.is_some() || a.attention_json.is_some() {
         return translate_with_attention(&a, &run, &model);
     }
@@ -651,7 +707,7 @@ fn cmd_bench_decode(a: BenchDecodeArgs) -> Result<()> {
     }
     let timings = crate::bench::bench_decode(crate::bench::DecodeBenchRequest {
         run: &run,
-        which: a.run.checkpoint,
+        which: a.run.checkpoint.clone(),
         sources,
         beam: a.beam,
         uncached: !a.no_uncached,
@@ -674,5 +730,85 @@ fn cmd_bench_decode(a: BenchDecodeArgs) -> Result<()> {
             t.seconds / base
         );
     }
+    Ok(())
+}
+
+fn cmd_data_check(a: DataCheckArgs) -> Result<()> {
+    let cfg = match &a.config {
+        Some(path) => Config::load(path, &a.overrides)?,
+        None => Config::from_toml(
+            EMBEDDED_DEFAULT,
+            Path::new("<embedded configs/toy.toml>"),
+            &a.overrides,
+        )?,
+    };
+    let splits: Vec<(String, wick_data::CorpusSpec)> = match (&a.src, &a.tgt, &a.tsv) {
+        (Some(src), Some(tgt), _) => vec![(
+            "train".into(),
+            wick_data::CorpusSpec::Files {
+                src: src.clone(),
+                tgt: tgt.clone(),
+            },
+        )],
+        (_, _, Some(tsv)) => vec![("train".into(), wick_data::CorpusSpec::Tsv(tsv.clone()))],
+        _ => {
+            if cfg.data.synthetic.is_some() {
+                bail!(
+                    "the config's data is synthetic ([data.synthetic]); there is no corpus to check"
+                )
+            }
+            [
+                ("train", &cfg.data.train),
+                ("dev", &cfg.data.dev),
+                ("test", &cfg.data.test),
+            ]
+            .into_iter()
+            .filter_map(|(n, s)| s.clone().map(|s| (n.to_string(), s)))
+            .collect()
+        }
+    };
+    let report = crate::datacheck::check(&splits, cfg.data.max_len, cfg.data.on_bad_line);
+    if a.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        print!("{}", report.render());
+    }
+    if !report.fatal.is_empty() {
+        bail!(
+            "{} fatal problem(s) in the data; see above",
+            report.fatal.len()
+        )
+    }
+    Ok(())
+}
+
+fn cmd_average(a: AverageArgs) -> Result<()> {
+    use crate::average::{Selection, average};
+    let run = Run::open(&a.run)?;
+    let selection = match (a.last, a.best) {
+        (Some(k), _) => Selection::Last(k),
+        (_, Some(k)) => Selection::Best(k),
+        _ => bail!("give --last K or --best K"),
+    };
+    let (path, from) = average(&run, selection, a.output)?;
+    for c in &from {
+        eprintln!(
+            "  {} (step {}, dev BLEU {:.2}, dev loss {:.3})",
+            c.file, c.step, c.dev_bleu, c.dev_loss
+        );
+    }
+    println!(
+        "averaged {} checkpoints into {}",
+        from.len(),
+        path.display()
+    );
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default();
+    println!(
+        "try: wick evaluate --run {} --checkpoint {name}",
+        run.dir.display()
+    );
     Ok(())
 }

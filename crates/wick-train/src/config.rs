@@ -7,8 +7,8 @@
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use wick_data::CorpusSpec;
 use wick_data::synthetic::SyntheticSpec;
+use wick_data::{CorpusSpec, OnBadLine};
 use wick_model::TransformerConfig;
 
 /// The configuration `wick train` uses when given no `--config`.
@@ -72,6 +72,9 @@ pub struct DataConfig {
     pub min_frequency: u64,
     /// Training pairs with more subword tokens than this on either side are dropped.
     pub max_len: usize,
+    /// Malformed lines (invalid UTF-8, not two columns, an empty side, control characters):
+    /// `"error"` stops with the file and line, `"skip"` drops them and reports the counts.
+    pub on_bad_line: OnBadLine,
 }
 
 impl Default for DataConfig {
@@ -87,6 +90,7 @@ impl Default for DataConfig {
             vocab_size: 4000,
             min_frequency: 2,
             max_len: 100,
+            on_bad_line: OnBadLine::Error,
         }
     }
 }
@@ -155,6 +159,15 @@ pub struct TrainConfig {
     pub patience: usize,
     /// Translate at most this many dev sentences for validation BLEU (0: all).
     pub valid_max_sentences: usize,
+    /// Validation checkpoints kept as `checkpoints/step-N.safetensors`: the `keep_best`
+    /// best by `best_metric` plus the `keep_last` most recent (for `wick average`);
+    /// `checkpoints/index.json` lists them.
+    pub keep_best: usize,
+    pub keep_last: usize,
+    /// An update whose loss or gradient norm is NaN or infinite stops training (naming the
+    /// step; the last checkpoint is kept). With `skip_nonfinite = true` it is skipped
+    /// instead, and training stops only after 10 such updates in a row.
+    pub skip_nonfinite: bool,
 }
 
 impl Default for TrainConfig {
@@ -182,6 +195,9 @@ impl Default for TrainConfig {
             best_metric: BestMetric::Bleu,
             patience: 0,
             valid_max_sentences: 0,
+            keep_best: 3,
+            keep_last: 3,
+            skip_nonfinite: false,
         }
     }
 }

@@ -150,7 +150,7 @@ pub fn evaluate(req: EvalRequest) -> Result<EvalReport> {
     if pairs.is_empty() {
         bail!("nothing to evaluate: the split is empty")
     }
-    let model = run.load_model(req.which, req.device)?;
+    let model = run.load_model(&req.which, req.device)?;
     let start = Instant::now();
     let sources: Vec<String> = pairs.iter().map(|p| p.src.clone()).collect();
     let decode = &run.config.decode;
@@ -200,10 +200,7 @@ pub fn evaluate(req: EvalRequest) -> Result<EvalReport> {
         } else {
             req.split.name()
         };
-        let which = match req.which {
-            Which::Best => "best",
-            Which::Last => "last",
-        };
+        let which = req.which.label();
         let beam = match run.config.decode.beam {
             1 => String::new(),
             k => format!(".beam{k}"),
@@ -244,7 +241,7 @@ pub fn evaluate(req: EvalRequest) -> Result<EvalReport> {
         exact_match: exact,
         n_sentences: hyps.len(),
         hyp_file,
-        checkpoint: run.checkpoint_path(req.which),
+        checkpoint: run.checkpoint_path(&req.which),
         beam: run.config.decode.beam,
         ref_ppl,
         ref_token_acc,

@@ -1,10 +1,12 @@
 //! `wick-train`: configuration, training, evaluation and the `wick` command-line tool.
 
 pub mod attention;
+pub mod average;
 pub mod bench;
 pub mod checkpoint;
 pub mod cli;
 pub mod config;
+pub mod datacheck;
 pub mod device;
 pub mod evaluate;
 pub mod loss;

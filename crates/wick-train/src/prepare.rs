@@ -1,7 +1,7 @@
 //! From configured splits to tokenised examples.
 
 use anyhow::{Context, Result};
-use wick_data::{Example, Pair, SubwordTokenizer};
+use wick_data::{BadLine, CorpusSpec, Example, Pair, SubwordTokenizer};
 
 use crate::config::Config;
 use crate::run::Tokenizers;
@@ -23,25 +23,75 @@ impl Split {
     }
 }
 
-/// Reads (or, for synthetic tasks, regenerates) one split.
-pub fn load_split(cfg: &Config, split: Split) -> Result<Vec<Pair>> {
-    if let Some(spec) = &cfg.data.synthetic {
-        let splits = spec.generate(cfg.train.seed)?;
-        return Ok(match split {
-            Split::Train => splits.train,
-            Split::Dev => splits.dev,
-            Split::Test => splits.test,
-        });
+/// The corpus of a split, unless the data is synthetic.
+pub fn split_spec(cfg: &Config, split: Split) -> Result<Option<&CorpusSpec>> {
+    if cfg.data.synthetic.is_some() {
+        return Ok(None);
     }
     let spec = match split {
         Split::Train => &cfg.data.train,
         Split::Dev => &cfg.data.dev,
         Split::Test => &cfg.data.test,
     };
-    let spec = spec
-        .as_ref()
-        .with_context(|| format!("the config has no data.{} split", split.name()))?;
-    Ok(spec.read()?)
+    spec.as_ref()
+        .map(Some)
+        .with_context(|| format!("the config has no data.{} split", split.name()))
+}
+
+/// Reads (or, for synthetic tasks, regenerates) one split under `data.on_bad_line`; dropped
+/// lines are reported on stderr and returned.
+pub fn load_split_reporting(cfg: &Config, split: Split) -> Result<(Vec<Pair>, Vec<BadLine>)> {
+    let Some(spec) = split_spec(cfg, split)? else {
+        let Some(synthetic) = &cfg.data.synthetic else {
+            unreachable!("split_spec returns None only for synthetic data")
+        };
+        let splits = synthetic.generate(cfg.train.seed)?;
+        let pairs = match split {
+            Split::Train => splits.train,
+            Split::Dev => splits.dev,
+            Split::Test => splits.test,
+        };
+        return Ok((pairs, Vec::new()));
+    };
+    let scan = spec.read_with(cfg.data.on_bad_line)?;
+    if !scan.bad.is_empty() {
+        eprintln!(
+            "data.{}: dropped {} of {} lines of {} (data.on_bad_line = \"skip\"): {}",
+            split.name(),
+            scan.bad.len(),
+            scan.lines,
+            spec.describe(),
+            scan.summary()
+        );
+    }
+    Ok((scan.pairs, scan.bad))
+}
+
+/// Reads (or, for synthetic tasks, regenerates) one split; see [`load_split_reporting`].
+pub fn load_split(cfg: &Config, split: Split) -> Result<Vec<Pair>> {
+    Ok(load_split_reporting(cfg, split)?.0)
+}
+
+/// Bytes per subword token above which a sentence cannot fit `max_len` tokens with any
+/// sensible BPE vocabulary; used to drop huge lines before they reach the tokenizer.
+pub const MAX_BYTES_PER_TOKEN: usize = 64;
+
+/// Whether a side certainly has more than `max_len` subword tokens: more words than that
+/// (every word is at least one token) or more than `MAX_BYTES_PER_TOKEN` bytes per token.
+pub fn certainly_too_long(text: &str, max_len: usize) -> bool {
+    text.len() > max_len * MAX_BYTES_PER_TOKEN || text.split_whitespace().nth(max_len).is_some()
+}
+
+/// Drops pairs that certainly exceed `max_len` tokens on a side, before tokenizer training
+/// (so a 10 MB line costs a scan, not a BPE pass). Returns the kept pairs and the count.
+pub fn drop_overlong(pairs: Vec<Pair>, max_len: usize) -> (Vec<Pair>, usize) {
+    let before = pairs.len();
+    let kept: Vec<Pair> = pairs
+        .into_iter()
+        .filter(|p| !certainly_too_long(&p.src, max_len) && !certainly_too_long(&p.tgt, max_len))
+        .collect();
+    let dropped = before - kept.len();
+    (kept, dropped)
 }
 
 /// Trains the tokenizer(s) on the training pairs only.

@@ -94,20 +94,98 @@ pub struct TrainerState {
     /// Training time so far, across resumes (`train.max_minutes` counts all of it).
     pub elapsed_seconds: f64,
     pub finished: bool,
+    /// Validation checkpoints on disk (`checkpoints/step-N.safetensors`), oldest first.
+    #[serde(default)]
+    pub checkpoints: Vec<CheckpointEntry>,
+    /// Updates skipped for a non-finite loss or gradient (`train.skip_nonfinite`).
+    #[serde(default)]
+    pub skipped_updates: usize,
 }
 
-/// Which checkpoint to load.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+/// A validation checkpoint kept on disk.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CheckpointEntry {
+    /// File name in `checkpoints/`.
+    pub file: String,
+    pub step: usize,
+    pub epoch: usize,
+    pub dev_bleu: f64,
+    pub dev_loss: f64,
+    /// The `best_metric` figure, higher is better (BLEU, or −loss).
+    pub score: f64,
+}
+
+/// `best.safetensors` in the index.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BestCheckpoint {
+    pub file: String,
+    pub step: usize,
+    pub dev_bleu: f64,
+    pub score: f64,
+}
+
+/// `checkpoints/index.json`: what each checkpoint file of a run is.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CheckpointIndex {
+    pub best_metric: String,
+    /// `best.safetensors`: the best validation so far.
+    pub best: Option<BestCheckpoint>,
+    /// `last.safetensors`: the latest weights (also in `resume.safetensors`).
+    pub last_step: usize,
+    /// Kept validation checkpoints, best first.
+    pub by_score: Vec<CheckpointEntry>,
+    /// Kept validation checkpoints, newest first.
+    pub by_step: Vec<CheckpointEntry>,
+}
+
+impl CheckpointIndex {
+    pub const FILE: &'static str = "index.json";
+
+    pub fn load(run_dir: &Path) -> Result<Self> {
+        let path = run_dir.join("checkpoints").join(Self::FILE);
+        let text = std::fs::read_to_string(&path).with_context(|| {
+            format!(
+                "cannot read {}: the run has written no validation checkpoint yet",
+                path.display()
+            )
+        })?;
+        serde_json::from_str(&text)
+            .with_context(|| format!("{}: not a checkpoint index", path.display()))
+    }
+}
+
+/// Which checkpoint to load: `best`, `last`, or a file (a name in the run's `checkpoints/`,
+/// such as `step-1200.safetensors` or `avg-last-5.safetensors`, or any path).
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Which {
     Best,
     Last,
+    File(PathBuf),
+}
+
+impl std::str::FromStr for Which {
+    type Err = std::convert::Infallible;
+
+    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
+        Ok(match s {
+            "best" => Which::Best,
+            "last" => Which::Last,
+            other => Which::File(PathBuf::from(other)),
+        })
+    }
 }
 
 impl Which {
-    pub fn file_name(self) -> &'static str {
+    /// A short name for output files: `best`, `last`, or the file's stem.
+    pub fn label(&self) -> String {
         match self {
-            Which::Best => "best.safetensors",
-            Which::Last => "last.safetensors",
+            Which::Best => "best".into(),
+            Which::Last => "last".into(),
+            Which::File(p) => p
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .unwrap_or("checkpoint")
+                .to_string(),
         }
     }
 }
@@ -142,18 +220,24 @@ impl Run {
         })
     }
 
-    pub fn checkpoint_path(&self, which: Which) -> PathBuf {
-        self.dir.join("checkpoints").join(which.file_name())
+    pub fn checkpoint_path(&self, which: &Which) -> PathBuf {
+        let dir = self.dir.join("checkpoints");
+        match which {
+            Which::Best => dir.join("best.safetensors"),
+            Which::Last => dir.join("last.safetensors"),
+            // A bare name is looked up in the run first; anything else is a path.
+            Which::File(p) if p.components().count() == 1 && dir.join(p).is_file() => dir.join(p),
+            Which::File(p) => p.clone(),
+        }
     }
 
     /// Builds the model for inference from a checkpoint of this run.
-    pub fn load_model(&self, which: Which, device: &Device) -> Result<Transformer> {
+    pub fn load_model(&self, which: &Which, device: &Device) -> Result<Transformer> {
         let path = self.checkpoint_path(which);
         if !path.is_file() {
             bail!(
-                "{}: no {} checkpoint (has the run saved one yet?)",
+                "{}: no such checkpoint (has the run saved one yet? `checkpoints/index.json` lists the run's checkpoints)",
                 path.display(),
-                which.file_name()
             )
         }
         let (tensors, _) = crate::checkpoint::load(&path, device)?;

@@ -21,8 +21,13 @@ use crate::config::{BestMetric, Config};
 use crate::loss::label_smoothed_cross_entropy;
 use crate::metrics::{BleuOptions, ChrfOptions, corpus_bleu, corpus_chrf};
 use crate::optim::AdamW;
-use crate::prepare::{Split, encode_pairs, load_split, train_tokenizers};
-use crate::run::{Tokenizers, TrainerState, frozen_model, git_commit, memory_mb, sha256_file};
+use crate::prepare::{
+    Split, drop_overlong, encode_pairs, load_split, load_split_reporting, train_tokenizers,
+};
+use crate::run::{
+    BestCheckpoint, CheckpointEntry, CheckpointIndex, Tokenizers, TrainerState, frozen_model,
+    git_commit, memory_mb, sha256_file,
+};
 use crate::schedule::learning_rate;
 use crate::translate::translate;
 
@@ -127,7 +132,10 @@ struct Manifest {
     data: Vec<DataFile>,
     synthetic: Option<String>,
     train_pairs: usize,
+    /// Training pairs dropped for being longer than `data.max_len` tokens.
     train_pairs_dropped: usize,
+    /// Lines dropped under `data.on_bad_line = "skip"`, with file, line and reason.
+    bad_lines: Vec<wick_data::BadLine>,
     dev_pairs: usize,
     vocab_src: usize,
     vocab_tgt: usize,
@@ -142,6 +150,32 @@ struct DataFile {
     sha256: String,
 }
 
+/// The validation checkpoints to keep: the `keep_best` highest scores (earlier step first
+/// on ties) and the `keep_last` latest steps, oldest first.
+pub fn kept_checkpoints(
+    all: &[CheckpointEntry],
+    keep_best: usize,
+    keep_last: usize,
+) -> Vec<CheckpointEntry> {
+    let mut by_score: Vec<&CheckpointEntry> = all.iter().collect();
+    by_score.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.step.cmp(&b.step)));
+    let mut by_step: Vec<&CheckpointEntry> = all.iter().collect();
+    by_step.sort_by(|a, b| b.step.cmp(&a.step));
+    let keep: std::collections::HashSet<usize> = by_score
+        .iter()
+        .take(keep_best)
+        .chain(by_step.iter().take(keep_last))
+        .map(|c| c.step)
+        .collect();
+    let mut kept: Vec<CheckpointEntry> = all
+        .iter()
+        .filter(|c| keep.contains(&c.step))
+        .cloned()
+        .collect();
+    kept.sort_by_key(|c| c.step);
+    kept
+}
+
 fn write_json(path: &Path, value: &impl Serialize) -> Result<()> {
     checkpoint::write_atomic(path, serde_json::to_string_pretty(value)?.as_bytes())
 }
@@ -154,6 +188,9 @@ pub struct TrainRequest {
     pub run_dir: PathBuf,
     pub device: Device,
 }
+
+/// Consecutive skipped updates (`train.skip_nonfinite`) after which training gives up.
+const MAX_SKIPPED_IN_A_ROW: usize = 10;
 
 /// The file `wick train --resume` continues from.
 pub const RESUME_FILE: &str = "resume.safetensors";
@@ -256,8 +293,55 @@ impl Trainer {
                 serde_json::to_string(&self.model.dropout_rng().state()?)?,
             );
             checkpoint::save(&dir.join(RESUME_FILE), &tensors, meta)?;
+            // Only now that the resume point no longer lists them may dropped validation
+            // checkpoints go: a crash before this line leaves every listed file in place.
+            self.prune_checkpoints()?;
         }
         write_json(&self.dir.join("trainer_state.json"), &self.state)
+    }
+
+    /// Deletes validation checkpoints the state no longer lists (and temporary files of
+    /// interrupted writes), then rewrites `checkpoints/index.json`.
+    fn prune_checkpoints(&self) -> Result<()> {
+        let dir = self.dir.join("checkpoints");
+        let listed: std::collections::HashSet<&str> = self
+            .state
+            .checkpoints
+            .iter()
+            .map(|c| c.file.as_str())
+            .collect();
+        for entry in std::fs::read_dir(&dir)? {
+            let name = entry?.file_name();
+            let Some(name) = name.to_str() else { continue };
+            let stale_step = name.starts_with("step-")
+                && name.ends_with(".safetensors")
+                && !listed.contains(name);
+            let stale_tmp = name.starts_with('.') && name.contains(".tmp-");
+            if stale_step || stale_tmp {
+                std::fs::remove_file(dir.join(name))
+                    .with_context(|| format!("cannot remove {}", dir.join(name).display()))?;
+            }
+        }
+        let mut by_score = self.state.checkpoints.clone();
+        by_score.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.step.cmp(&b.step)));
+        let mut by_step = self.state.checkpoints.clone();
+        by_step.sort_by(|a, b| b.step.cmp(&a.step));
+        let best = self.state.best_step.map(|step| BestCheckpoint {
+            file: "best.safetensors".into(),
+            step,
+            dev_bleu: self.state.best_bleu.unwrap_or(0.0),
+            score: self.state.best_score.unwrap_or(0.0),
+        });
+        write_json(
+            &dir.join(CheckpointIndex::FILE),
+            &CheckpointIndex {
+                best_metric: format!("{:?}", self.cfg.train.best_metric).to_lowercase(),
+                best,
+                last_step: self.state.step,
+                by_score,
+                by_step,
+            },
+        )
     }
 
     fn validate(
@@ -302,6 +386,29 @@ impl Trainer {
             BestMetric::Bleu => dev_bleu,
             BestMetric::Loss => -dev_loss,
         };
+        if self.cfg.train.keep_best + self.cfg.train.keep_last > 0 {
+            let file = format!("step-{}.safetensors", self.state.step);
+            checkpoint::save(
+                &self.dir.join("checkpoints").join(&file),
+                &self.store.tensors(),
+                self.metadata(Some(dev_bleu)),
+            )?;
+            // A redone validation (after a resume) replaces its earlier entry.
+            self.state.checkpoints.retain(|c| c.step != self.state.step);
+            self.state.checkpoints.push(CheckpointEntry {
+                file,
+                step: self.state.step,
+                epoch: self.state.epoch,
+                dev_bleu,
+                dev_loss,
+                score: figure,
+            });
+            self.state.checkpoints = kept_checkpoints(
+                &self.state.checkpoints,
+                self.cfg.train.keep_best,
+                self.cfg.train.keep_last,
+            );
+        }
         if self.state.best_score.is_none_or(|b| figure > b) {
             self.state.best_score = Some(figure);
             self.state.best_bleu = Some(dev_bleu);
@@ -334,17 +441,21 @@ pub fn train(req: TrainRequest) -> Result<TrainSummary> {
     checkpoint::write_atomic(&dir.join("config.toml"), cfg.to_toml().as_bytes())?;
 
     // Data, tokenizers, examples.
-    let train_pairs = load_split(&cfg, Split::Train)?;
-    let dev_pairs = load_split(&cfg, Split::Dev)?;
+    let (train_pairs, bad_train) = load_split_reporting(&cfg, Split::Train)?;
+    let (dev_pairs, bad_dev) = load_split_reporting(&cfg, Split::Dev)?;
+    let (train_pairs, overlong) = drop_overlong(train_pairs, cfg.data.max_len);
+    // Dev pairs too long to train on are too long to validate on.
+    let (dev_pairs, _) = drop_overlong(dev_pairs, cfg.data.max_len);
     let tok = train_tokenizers(&cfg, &train_pairs)?;
     tok.save(&dir)?;
     let (train_examples, dropped) = encode_pairs(&tok, &train_pairs, Some(cfg.data.max_len))?;
+    let dropped = dropped + overlong;
     let (dev_examples, _) = encode_pairs(&tok, &dev_pairs, Some(cfg.data.max_len))?;
     if train_examples.is_empty() {
         bail!("no training pair fits data.max_len = {}", cfg.data.max_len)
     }
     eprintln!(
-        "data: {} train pairs ({} dropped: longer than data.max_len = {}), {} dev pairs; vocabulary {} / {}{}",
+        "data: {} train pairs ({} dropped: longer than data.max_len = {} tokens), {} dev pairs; vocabulary {} / {}{}",
         train_examples.len(),
         dropped,
         cfg.data.max_len,
@@ -391,6 +502,7 @@ pub fn train(req: TrainRequest) -> Result<TrainSummary> {
             synthetic: cfg.data.synthetic.as_ref().map(|s| format!("{s:?}")),
             train_pairs: train_examples.len(),
             train_pairs_dropped: dropped,
+            bad_lines: bad_train.into_iter().chain(bad_dev).collect(),
             dev_pairs: tr.dev_pairs.len(),
             vocab_src: vocab.src,
             vocab_tgt: vocab.tgt,
@@ -446,6 +558,7 @@ fn run_loop(tr: &mut Trainer, train: &[Example]) -> Result<TrainSummary> {
     let mut last_validated = tr.state.step;
     let mut stop_reason = String::from("max_epochs reached");
     let device = tr.model.device().clone();
+    let mut skipped_in_a_row = 0usize;
     'epochs: loop {
         if t.max_epochs > 0 && tr.state.epoch >= t.max_epochs {
             break;
@@ -514,24 +627,44 @@ fn run_loop(tr: &mut Trainer, train: &[Example]) -> Result<TrainSummary> {
                 });
             }
             let Some(grads) = grads else { continue };
-            if !group_loss.is_finite() {
-                bail!(
-                    "training loss became {group_loss} at step {}; the last good checkpoint is in {}",
-                    tr.state.step + 1,
-                    tr.dir.join("checkpoints").display()
-                )
-            }
             let step = tr.state.step + 1;
             let lr = learning_rate(t, step);
-            let scale = if t.clip_norm > 0.0 {
-                let norm = tr.opt.grad_norm(&grads)?;
-                if norm > t.clip_norm {
-                    t.clip_norm / (norm + 1e-6)
-                } else {
-                    1.0
-                }
+            let norm = if t.clip_norm > 0.0 || t.skip_nonfinite {
+                Some(tr.opt.grad_norm(&grads)?)
             } else {
-                1.0
+                None
+            };
+            if !group_loss.is_finite() || norm.is_some_and(|n| !n.is_finite()) {
+                let what = if group_loss.is_finite() {
+                    format!("the gradient norm became {}", norm.unwrap_or(f64::NAN))
+                } else {
+                    format!("the training loss became {group_loss}")
+                };
+                if !t.skip_nonfinite {
+                    bail!(
+                        "{what} at step {step}; stopped without saving, so the last good checkpoint in {} is intact (set train.skip_nonfinite = true to skip such updates, or lower train.lr)",
+                        tr.dir.join("checkpoints").display()
+                    )
+                }
+                skipped_in_a_row += 1;
+                tr.state.skipped_updates += 1;
+                tr.state.groups_done_in_epoch = g + 1;
+                log(
+                    &pb,
+                    format!("step {step}: {what}; update skipped (train.skip_nonfinite)"),
+                );
+                if skipped_in_a_row >= MAX_SKIPPED_IN_A_ROW {
+                    bail!(
+                        "{MAX_SKIPPED_IN_A_ROW} updates in a row had a non-finite loss or gradient (last at step {step}); the model has diverged. The last good checkpoint in {} is intact.",
+                        tr.dir.join("checkpoints").display()
+                    )
+                }
+                continue;
+            }
+            skipped_in_a_row = 0;
+            let scale = match norm {
+                Some(n) if t.clip_norm > 0.0 && n > t.clip_norm => t.clip_norm / (n + 1e-6),
+                _ => 1.0,
             };
             tr.opt.step(&grads, lr, scale)?;
             tr.state.step = step;
@@ -675,7 +808,8 @@ pub fn resume(req: ResumeRequest) -> Result<TrainSummary> {
             .with_context(|| format!("{}: no readable dropout state", path.display()))?;
 
     let train_pairs = load_split(&cfg, Split::Train)?;
-    let dev_pairs = load_split(&cfg, Split::Dev)?;
+    let (dev_pairs, _) = drop_overlong(load_split(&cfg, Split::Dev)?, cfg.data.max_len);
+    let (train_pairs, _) = drop_overlong(train_pairs, cfg.data.max_len);
     let (train_examples, _) = encode_pairs(&run.tokenizers, &train_pairs, Some(cfg.data.max_len))?;
     let (dev_examples, _) = encode_pairs(&run.tokenizers, &dev_pairs, Some(cfg.data.max_len))?;
     let mut tr = Trainer::new(
@@ -699,6 +833,21 @@ pub fn resume(req: ResumeRequest) -> Result<TrainSummary> {
     tr.opt.load_state(&optim, state.step)?;
     tr.model.dropout_rng().restore(rng)?;
     tr.prior_elapsed = state.elapsed_seconds;
+    // Validations logged after the resume point (by a session that was killed) are redone.
+    let metrics = dir.join("metrics.jsonl");
+    if let Ok(text) = std::fs::read_to_string(&metrics) {
+        let kept: String = text
+            .lines()
+            .filter(|l| {
+                serde_json::from_str::<serde_json::Value>(l)
+                    .ok()
+                    .and_then(|v| v["step"].as_u64())
+                    .is_some_and(|s| s as usize <= state.step)
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        checkpoint::write_atomic(&metrics, kept.as_bytes())?;
+    }
     tr.state = TrainerState {
         finished: false,
         ..state

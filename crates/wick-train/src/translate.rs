@@ -25,7 +25,19 @@ pub(crate) fn decode_batches<T: Clone + Default>(
         return Ok(Vec::new());
     }
     let max_positions = model.config().max_positions;
-    let refs: Vec<&str> = sources.iter().map(String::as_str).collect();
+    // Inputs far longer than the position table are cut before tokenization, so a huge
+    // line costs no more than a long sentence; they are cut to the table below anyway.
+    let byte_cap = max_positions * crate::prepare::MAX_BYTES_PER_TOKEN;
+    let refs: Vec<&str> = sources
+        .iter()
+        .map(|s| {
+            let mut end = byte_cap.min(s.len());
+            while !s.is_char_boundary(end) {
+                end -= 1;
+            }
+            &s[..end]
+        })
+        .collect();
     let mut src_ids = tok.src.encode_batch(&refs)?;
     // The source plus `</s>` must fit the position table; longer inputs are cut.
     for ids in &mut src_ids {
