@@ -47,9 +47,9 @@ impl CorpusSpec {
 
 /// Opens a file, decompressing `.gz`.
 fn open(path: &Path) -> Result<Box<dyn BufRead>> {
-    let file = File::open(path).map_err(|source| DataError::Open {
+    let file = File::open(path).map_err(|io| DataError::Open {
         path: path.to_path_buf(),
-        source,
+        io,
     })?;
     let reader: Box<dyn Read> = if path.extension().is_some_and(|e| e == "gz") {
         Box::new(flate2::read::MultiGzDecoder::new(file))
@@ -74,10 +74,10 @@ pub fn read_raw_lines(path: &Path) -> Result<Vec<RawLine>> {
         let line_no = lines.len() + 1;
         let n = reader
             .read_until(b'\n', &mut buf)
-            .map_err(|source| DataError::Read {
+            .map_err(|io| DataError::Read {
                 path: path.to_path_buf(),
                 line: line_no,
-                source,
+                io,
             })?;
         if n == 0 {
             break;

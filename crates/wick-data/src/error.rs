@@ -4,16 +4,14 @@ use std::path::PathBuf;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
-    #[error("cannot open {}: {source}", path.display())]
-    Open {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("{}:{line}: read error: {source}", path.display())]
+    // The I/O error is part of the message rather than a `source`, so it prints once.
+    #[error("cannot open {}: {io}", path.display())]
+    Open { path: PathBuf, io: std::io::Error },
+    #[error("{}:{line}: read error: {io}", path.display())]
     Read {
         path: PathBuf,
         line: usize,
-        source: std::io::Error,
+        io: std::io::Error,
     },
     #[error("{}:{line}: invalid UTF-8 (byte offset {offset} in the line)", path.display())]
     Utf8 {

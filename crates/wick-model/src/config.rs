@@ -89,14 +89,14 @@ impl TransformerConfig {
         if self.d_model == 0 || self.n_heads == 0 || self.d_ff == 0 {
             bail!("d_model, n_heads and d_ff must be positive")
         }
-        if self.d_model % self.n_heads != 0 {
+        if !self.d_model.is_multiple_of(self.n_heads) {
             bail!(
                 "d_model ({}) must be divisible by n_heads ({})",
                 self.d_model,
                 self.n_heads
             )
         }
-        if self.d_model % 2 != 0 {
+        if !self.d_model.is_multiple_of(2) {
             bail!(
                 "d_model ({}) must be even for sinusoidal positions",
                 self.d_model

@@ -351,7 +351,7 @@ impl Config {
                 "d_model and n_heads must be positive",
             ));
         }
-        if m.d_model % m.n_heads != 0 {
+        if !m.d_model.is_multiple_of(m.n_heads) {
             return Err(invalid(
                 "model.d_model",
                 format!(
@@ -360,7 +360,7 @@ impl Config {
                 ),
             ));
         }
-        if m.d_model % 2 != 0 {
+        if !m.d_model.is_multiple_of(2) {
             return Err(invalid(
                 "model.d_model",
                 format!("must be even (sinusoidal positions), got {}", m.d_model),

@@ -33,3 +33,14 @@ pub fn tune_allocator() {
         libc::mallopt(libc::M_TOP_PAD, 64 << 20);
     }
 }
+
+/// Makes a write past the process's file-size limit (`ulimit -f`) fail with an error wick
+/// reports (EFBIG, like ENOSPC on a full disk) instead of killing the process with SIGXFSZ
+/// mid-write. Call once at start-up.
+pub fn report_file_size_limits() {
+    #[cfg(unix)]
+    // SAFETY: installing SIG_IGN for one signal has no memory-safety preconditions.
+    unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+    }
+}

@@ -150,21 +150,31 @@ struct DataFile {
     sha256: String,
 }
 
-/// The validation checkpoints to keep: the `keep_best` highest scores (earlier step first
-/// on ties) and the `keep_last` latest steps, oldest first.
+/// Checkpoints best first (earlier step first on ties).
+fn by_score(all: &[CheckpointEntry]) -> Vec<CheckpointEntry> {
+    let mut v = all.to_vec();
+    v.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.step.cmp(&b.step)));
+    v
+}
+
+/// Checkpoints newest first.
+fn by_step(all: &[CheckpointEntry]) -> Vec<CheckpointEntry> {
+    let mut v = all.to_vec();
+    v.sort_by_key(|c| std::cmp::Reverse(c.step));
+    v
+}
+
+/// The validation checkpoints to keep: the `keep_best` highest scores and the `keep_last`
+/// latest steps, oldest first.
 pub fn kept_checkpoints(
     all: &[CheckpointEntry],
     keep_best: usize,
     keep_last: usize,
 ) -> Vec<CheckpointEntry> {
-    let mut by_score: Vec<&CheckpointEntry> = all.iter().collect();
-    by_score.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.step.cmp(&b.step)));
-    let mut by_step: Vec<&CheckpointEntry> = all.iter().collect();
-    by_step.sort_by(|a, b| b.step.cmp(&a.step));
-    let keep: std::collections::HashSet<usize> = by_score
+    let keep: std::collections::HashSet<usize> = by_score(all)
         .iter()
         .take(keep_best)
-        .chain(by_step.iter().take(keep_last))
+        .chain(by_step(all).iter().take(keep_last))
         .map(|c| c.step)
         .collect();
     let mut kept: Vec<CheckpointEntry> = all
@@ -322,10 +332,6 @@ impl Trainer {
                     .with_context(|| format!("cannot remove {}", dir.join(name).display()))?;
             }
         }
-        let mut by_score = self.state.checkpoints.clone();
-        by_score.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.step.cmp(&b.step)));
-        let mut by_step = self.state.checkpoints.clone();
-        by_step.sort_by(|a, b| b.step.cmp(&a.step));
         let best = self.state.best_step.map(|step| BestCheckpoint {
             file: "best.safetensors".into(),
             step,
@@ -338,8 +344,8 @@ impl Trainer {
                 best_metric: format!("{:?}", self.cfg.train.best_metric).to_lowercase(),
                 best,
                 last_step: self.state.step,
-                by_score,
-                by_step,
+                by_score: by_score(&self.state.checkpoints),
+                by_step: by_step(&self.state.checkpoints),
             },
         )
     }
@@ -436,13 +442,13 @@ pub fn train(req: TrainRequest) -> Result<TrainSummary> {
             dir.display()
         )
     }
+    // Data first: unreadable data must not leave a half-made run directory behind.
+    let (train_pairs, bad_train) = load_split_reporting(&cfg, Split::Train)?;
+    let (dev_pairs, bad_dev) = load_split_reporting(&cfg, Split::Dev)?;
     std::fs::create_dir_all(dir.join("checkpoints"))
         .with_context(|| format!("cannot create run directory {}", dir.display()))?;
     checkpoint::write_atomic(&dir.join("config.toml"), cfg.to_toml().as_bytes())?;
 
-    // Data, tokenizers, examples.
-    let (train_pairs, bad_train) = load_split_reporting(&cfg, Split::Train)?;
-    let (dev_pairs, bad_dev) = load_split_reporting(&cfg, Split::Dev)?;
     let (train_pairs, overlong) = drop_overlong(train_pairs, cfg.data.max_len);
     // Dev pairs too long to train on are too long to validate on.
     let (dev_pairs, _) = drop_overlong(dev_pairs, cfg.data.max_len);
@@ -676,7 +682,7 @@ fn run_loop(tr: &mut Trainer, train: &[Example]) -> Result<TrainSummary> {
 
             let elapsed = loop_start.elapsed().as_secs_f64();
             let tok_s = total_tokens as f64 / elapsed.max(1e-9);
-            if step % t.log_every == 0 {
+            if step.is_multiple_of(t.log_every) {
                 let left = if t.max_minutes > 0.0 {
                     let secs = (t.max_minutes * 60.0
                         - (tr.prior_elapsed + tr.started.elapsed().as_secs_f64()))
@@ -695,7 +701,7 @@ fn run_loop(tr: &mut Trainer, train: &[Example]) -> Result<TrainSummary> {
                     eprintln!("step {step}{of_planned} {msg}");
                 }
             }
-            if step % validate_every == 0 {
+            if step.is_multiple_of(validate_every) {
                 let train_loss = window_loss / window_tokens.max(1) as f64;
                 let v = tr.validate(train_loss, lr, elapsed, tok_s)?;
                 last_validated = step;
@@ -721,7 +727,7 @@ fn run_loop(tr: &mut Trainer, train: &[Example]) -> Result<TrainSummary> {
                     );
                     break 'epochs;
                 }
-            } else if t.checkpoint_every > 0 && step % t.checkpoint_every == 0 {
+            } else if t.checkpoint_every > 0 && step.is_multiple_of(t.checkpoint_every) {
                 tr.save("last.safetensors", None)?;
             }
         }

@@ -313,6 +313,63 @@ fn train_evaluate_translate_on_a_small_run() {
     let timings: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
     assert_eq!(timings.as_array().unwrap().len(), 3, "{timings}");
 
+    // The index lists the kept validation checkpoints; averaging two gives their mean.
+    let index: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("checkpoints/index.json")).unwrap())
+            .unwrap();
+    let steps: Vec<u64> = index["by_step"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["step"].as_u64().unwrap())
+        .collect();
+    assert_eq!(steps, [30, 15], "{index}");
+    let o = wick(&["average", "--run", run_s, "--last", "2"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let load = |name: &str| {
+        wick_train::checkpoint::load(
+            &run.join("checkpoints").join(name),
+            &candle_core::Device::Cpu,
+        )
+        .unwrap()
+        .0
+    };
+    let (a, b, avg) = (
+        load("step-15.safetensors"),
+        load("step-30.safetensors"),
+        load("avg-last-2.safetensors"),
+    );
+    assert_eq!(avg.len(), a.len());
+    for (name, t) in &avg {
+        let t = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let x = a[name].flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let y = b[name].flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        for i in 0..t.len() {
+            let want = ((x[i] as f64 + y[i] as f64) / 2.0) as f32;
+            assert_eq!(t[i], want, "{name}[{i}]");
+        }
+    }
+    let o = wick(&[
+        "evaluate",
+        "--run",
+        run_s,
+        "--checkpoint",
+        "avg-last-2.safetensors",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(
+        report["hyp_file"]
+            .as_str()
+            .unwrap()
+            .ends_with("hyp.test.avg-last-2.txt")
+    );
+    fails_with(
+        &wick(&["average", "--run", run_s, "--best", "5"]),
+        &["only 2 validation checkpoints", "keep_best"],
+    );
+
     // The run directory is complete without the config file or the data that made it.
     let o = wick(&["evaluate", "--run", run_s, "--split", "dev"]);
     assert!(o.status.success(), "{}", stderr(&o));

@@ -134,6 +134,33 @@ fn resumed_training_equals_straight_training_bit_for_bit() {
 }
 
 #[test]
+fn same_config_data_and_seed_give_identical_weights_other_seed_does_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    train(&a, 12);
+    train(&b, 12);
+    assert!(weights(&a) == weights(&b), "two identical runs differ");
+    let c = dir.path().join("c");
+    let mut args = vec![
+        "train",
+        "--config",
+        "configs/reverse.toml",
+        "--run-dir",
+        c.to_str().unwrap(),
+        "--samples",
+        "0",
+        "--seed",
+        "2",
+        "--set",
+        "train.max_steps=12",
+    ];
+    args.extend(SMALL);
+    let o = wick(&args);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(weights(&a) != weights(&c), "the seed changes nothing");
+}
+
+#[test]
 fn resume_refuses_architecture_changes_and_non_runs() {
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("run");
