@@ -51,12 +51,17 @@ fn open(path: &Path) -> Result<Box<dyn BufRead>> {
         path: path.to_path_buf(),
         io,
     })?;
+    Ok(decompressing(path, Box::new(file)))
+}
+
+/// A buffered reader of `input`, gunzipped when `path` ends in `.gz`.
+pub fn decompressing(path: &Path, input: Box<dyn Read>) -> Box<dyn BufRead> {
     let reader: Box<dyn Read> = if path.extension().is_some_and(|e| e == "gz") {
-        Box::new(flate2::read::MultiGzDecoder::new(file))
+        Box::new(flate2::read::MultiGzDecoder::new(input))
     } else {
-        Box::new(file)
+        input
     };
-    Ok(Box::new(BufReader::with_capacity(1 << 16, reader)))
+    Box::new(BufReader::with_capacity(1 << 16, reader))
 }
 
 /// A line as read: its text, or where its invalid UTF-8 starts.
@@ -66,7 +71,11 @@ pub type RawLine = std::result::Result<String, usize>;
 /// a leading byte-order mark, keeping lines that are not valid UTF-8 as the byte offset of
 /// the first bad byte. Read errors (a truncated `.gz`, an I/O failure) name the file and line.
 pub fn read_raw_lines(path: &Path) -> Result<Vec<RawLine>> {
-    let mut reader = open(path)?;
+    read_raw_lines_from(&mut open(path)?, path)
+}
+
+/// [`read_raw_lines`] over any reader; `path` names it in errors.
+pub fn read_raw_lines_from(reader: &mut dyn BufRead, path: &Path) -> Result<Vec<RawLine>> {
     let mut lines = Vec::new();
     let mut buf = Vec::new();
     loop {
@@ -250,58 +259,59 @@ impl Scan {
     }
 }
 
+/// Sorts the lines of a `source<TAB>target` file (read from `path`) into pairs and bad lines.
+pub fn scan_tsv(path: &Path, lines: Vec<RawLine>) -> Scan {
+    let mut scan = Scan::default();
+    for (i, line) in lines.into_iter().enumerate() {
+        let line_no = i + 1;
+        scan.lines += 1;
+        let line = match line {
+            Ok(l) => l,
+            Err(offset) => {
+                scan.invalid_utf8(path, line_no, offset);
+                continue;
+            }
+        };
+        let mut cols = line.split('\t');
+        match (cols.next(), cols.next(), cols.next()) {
+            (Some(src), Some(tgt), None) => scan.push((path, path), line_no, src, tgt),
+            _ => {
+                let n = line.split('\t').count();
+                let detail =
+                    format!("expected 2 tab-separated columns (source, target), found {n}");
+                scan.bad(path, line_no, (Problem::Columns, detail));
+            }
+        }
+    }
+    scan
+}
+
 impl CorpusSpec {
     /// Reads the whole corpus, sorting lines into pairs and bad lines. Only problems that
     /// make the corpus unreadable are errors: a missing file, a read failure (e.g. truncated
     /// gzip), two files of different lengths.
     pub fn scan(&self) -> Result<Scan> {
+        let (src, tgt) = match self {
+            CorpusSpec::Tsv(path) => return Ok(scan_tsv(path, read_raw_lines(path)?)),
+            CorpusSpec::Files { src, tgt } => (src, tgt),
+        };
+        let (s, t) = (read_raw_lines(src)?, read_raw_lines(tgt)?);
+        if s.len() != t.len() {
+            return Err(DataError::LengthMismatch {
+                src: src.clone(),
+                tgt: tgt.clone(),
+                n_src: s.len(),
+                n_tgt: t.len(),
+            });
+        }
         let mut scan = Scan::default();
-        match self {
-            CorpusSpec::Tsv(path) => {
-                for (i, line) in read_raw_lines(path)?.into_iter().enumerate() {
-                    let line_no = i + 1;
-                    scan.lines += 1;
-                    let line = match line {
-                        Ok(l) => l,
-                        Err(offset) => {
-                            scan.invalid_utf8(path, line_no, offset);
-                            continue;
-                        }
-                    };
-                    let mut cols = line.split('\t');
-                    match (cols.next(), cols.next(), cols.next()) {
-                        (Some(src), Some(tgt), None) => {
-                            scan.push((path, path), line_no, src, tgt);
-                        }
-                        _ => {
-                            let n = line.split('\t').count();
-                            let detail = format!(
-                                "expected 2 tab-separated columns (source, target), found {n}"
-                            );
-                            scan.bad(path, line_no, (Problem::Columns, detail));
-                        }
-                    }
-                }
-            }
-            CorpusSpec::Files { src, tgt } => {
-                let (s, t) = (read_raw_lines(src)?, read_raw_lines(tgt)?);
-                if s.len() != t.len() {
-                    return Err(DataError::LengthMismatch {
-                        src: src.clone(),
-                        tgt: tgt.clone(),
-                        n_src: s.len(),
-                        n_tgt: t.len(),
-                    });
-                }
-                for (i, (a, b)) in s.into_iter().zip(t).enumerate() {
-                    let line_no = i + 1;
-                    scan.lines += 1;
-                    match (a, b) {
-                        (Ok(a), Ok(b)) => scan.push((src, tgt), line_no, &a, &b),
-                        (Err(offset), _) => scan.invalid_utf8(src, line_no, offset),
-                        (_, Err(offset)) => scan.invalid_utf8(tgt, line_no, offset),
-                    }
-                }
+        for (i, (a, b)) in s.into_iter().zip(t).enumerate() {
+            let line_no = i + 1;
+            scan.lines += 1;
+            match (a, b) {
+                (Ok(a), Ok(b)) => scan.push((src, tgt), line_no, &a, &b),
+                (Err(offset), _) => scan.invalid_utf8(src, line_no, offset),
+                (_, Err(offset)) => scan.invalid_utf8(tgt, line_no, offset),
             }
         }
         Ok(scan)
