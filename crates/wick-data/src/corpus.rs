@@ -15,22 +15,35 @@ pub struct Pair {
     pub tgt: String,
 }
 
-/// Where a split's sentence pairs come from. In TOML either a path to a TSV file
-/// (`train = "data/toy/train.tsv"`) or a table of two aligned files
+/// Where a split's sentence pairs come from. In TOML a path to a TSV file
+/// (`train = "data/toy/train.tsv"`), a JSON Lines file with the field of each side
+/// (`train = { jsonl = "train.jsonl", src = "en", tgt = "de" }`, one
+/// `{"en": "…", "de": "…"}` object per line), or two aligned files
 /// (`train = { src = "train.en", tgt = "train.fr" }`). Files ending in `.gz` are
 /// decompressed on the fly.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum CorpusSpec {
     Tsv(PathBuf),
-    Files { src: PathBuf, tgt: PathBuf },
+    // Before `Files`: a table with `jsonl` is JSON Lines even though it has `src`/`tgt` too.
+    Jsonl {
+        jsonl: PathBuf,
+        /// Field holding the source sentence.
+        src: String,
+        /// Field holding the target sentence.
+        tgt: String,
+    },
+    Files {
+        src: PathBuf,
+        tgt: PathBuf,
+    },
 }
 
 impl CorpusSpec {
     /// The files this split reads (for hashing into the run manifest).
     pub fn paths(&self) -> Vec<&Path> {
         match self {
-            CorpusSpec::Tsv(p) => vec![p.as_path()],
+            CorpusSpec::Tsv(p) | CorpusSpec::Jsonl { jsonl: p, .. } => vec![p.as_path()],
             CorpusSpec::Files { src, tgt } => vec![src.as_path(), tgt.as_path()],
         }
     }
@@ -144,6 +157,8 @@ pub enum Problem {
     InvalidUtf8,
     /// A TSV line without exactly two tab-separated columns.
     Columns,
+    /// A JSON Lines line that is not an object with both fields as strings.
+    Json,
     /// A side that is empty or only whitespace.
     EmptySide,
     /// A NUL byte or another control character (tab excepted).
@@ -155,6 +170,7 @@ impl Problem {
         match self {
             Problem::InvalidUtf8 => "invalid UTF-8",
             Problem::Columns => "not 2 tab-separated columns",
+            Problem::Json => "not a JSON object with both fields",
             Problem::EmptySide => "empty or whitespace-only side",
             Problem::ControlCharacter => "control character",
         }
@@ -286,6 +302,43 @@ pub fn scan_tsv(path: &Path, lines: Vec<RawLine>) -> Scan {
     scan
 }
 
+/// Sorts the lines of a JSON Lines file into pairs (fields `src_key` and `tgt_key`) and bad
+/// lines.
+pub fn scan_jsonl(path: &Path, lines: Vec<RawLine>, src_key: &str, tgt_key: &str) -> Scan {
+    let mut scan = Scan::default();
+    for (i, line) in lines.into_iter().enumerate() {
+        let line_no = i + 1;
+        scan.lines += 1;
+        let line = match line {
+            Ok(l) => l,
+            Err(offset) => {
+                scan.invalid_utf8(path, line_no, offset);
+                continue;
+            }
+        };
+        let value: std::result::Result<serde_json::Value, _> = serde_json::from_str(&line);
+        let field = |v: &serde_json::Value, key: &str| {
+            v.get(key).and_then(|x| x.as_str()).map(str::to_string)
+        };
+        match value {
+            Ok(v) => match (field(&v, src_key), field(&v, tgt_key)) {
+                (Some(s), Some(t)) => scan.push((path, path), line_no, &s, &t),
+                _ => {
+                    let detail = format!(
+                        "expected a JSON object with string fields \"{src_key}\" and \"{tgt_key}\""
+                    );
+                    scan.bad(path, line_no, (Problem::Json, detail));
+                }
+            },
+            Err(e) => {
+                let detail = format!("not valid JSON ({e})");
+                scan.bad(path, line_no, (Problem::Json, detail));
+            }
+        }
+    }
+    scan
+}
+
 impl CorpusSpec {
     /// Reads the whole corpus, sorting lines into pairs and bad lines. Only problems that
     /// make the corpus unreadable are errors: a missing file, a read failure (e.g. truncated
@@ -293,6 +346,9 @@ impl CorpusSpec {
     pub fn scan(&self) -> Result<Scan> {
         let (src, tgt) = match self {
             CorpusSpec::Tsv(path) => return Ok(scan_tsv(path, read_raw_lines(path)?)),
+            CorpusSpec::Jsonl { jsonl, src, tgt } => {
+                return Ok(scan_jsonl(jsonl, read_raw_lines(jsonl)?, src, tgt));
+            }
             CorpusSpec::Files { src, tgt } => (src, tgt),
         };
         let (s, t) = (read_raw_lines(src)?, read_raw_lines(tgt)?);

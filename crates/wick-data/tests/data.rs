@@ -245,6 +245,49 @@ fn reads_gzip_crlf_and_bom() {
 }
 
 #[test]
+fn reads_json_lines_with_configured_fields() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = concat!(
+        "{\"en\": \"Two dogs run.\", \"de\": \"Zwei Hunde rennen.\", \"id\": 1}\n",
+        "{\"en\": \"A \\\"quoted\\\" cat\\tsits.\", \"de\": \"Eine Katze sitzt.\"}\n",
+    );
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(text.as_bytes()).expect("gz");
+    let p = write(dir.path(), "train.jsonl.gz", &gz.finish().expect("gz"));
+    let spec: CorpusSpec =
+        toml::from_str(&format!("jsonl = {:?}\nsrc = \"en\"\ntgt = \"de\"\n", p)).expect("toml");
+    assert!(matches!(spec, CorpusSpec::Jsonl { .. }), "{spec:?}");
+    let pairs = spec.read().expect("read");
+    assert_eq!(pairs.len(), 2);
+    assert_eq!(pairs[1].src, "A \"quoted\" cat\tsits.");
+    // Swapping the fields swaps the direction.
+    let rev = CorpusSpec::Jsonl {
+        jsonl: p.clone(),
+        src: "de".into(),
+        tgt: "en".into(),
+    };
+    assert_eq!(rev.read().expect("read")[0].src, "Zwei Hunde rennen.");
+
+    let bad = write(
+        dir.path(),
+        "bad.jsonl",
+        b"{\"en\": \"ok\", \"de\": \"gut\"}\n{\"en\": \"no de\"}\n{not json\n[1, 2]\n{\"en\": 5, \"de\": \"x\"}\n",
+    );
+    let spec = CorpusSpec::Jsonl {
+        jsonl: bad,
+        src: "en".into(),
+        tgt: "de".into(),
+    };
+    let e = error_of(spec.clone());
+    assert!(e.contains("bad.jsonl:2") && e.contains("\"de\""), "{e}");
+    let scan = spec.scan().expect("scan");
+    assert_eq!(scan.pairs.len(), 1);
+    let lines: Vec<usize> = scan.bad.iter().map(|b| b.line).collect();
+    assert_eq!(lines, [2, 3, 4, 5]);
+    assert!(scan.bad[1].detail.contains("not valid JSON"));
+}
+
+#[test]
 fn synthetic_tasks_are_seeded_and_held_out() {
     let spec = SyntheticSpec {
         task: Task::Reverse,

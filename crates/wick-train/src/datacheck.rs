@@ -48,6 +48,7 @@ pub struct SplitReport {
     pub pairs: usize,
     /// Malformed lines by problem (every one of them is listed in `bad_lines`).
     pub invalid_utf8: Finding,
+    /// TSV lines without two columns, JSON Lines without both fields.
     pub wrong_columns: Finding,
     pub empty_side: Finding,
     pub control_characters: Finding,
@@ -105,7 +106,7 @@ pub fn check(splits: &[(String, CorpusSpec)], max_len: usize, policy: OnBadLine)
                 for b in &scan.bad {
                     let f = match b.problem {
                         Problem::InvalidUtf8 => &mut r.invalid_utf8,
-                        Problem::Columns => &mut r.wrong_columns,
+                        Problem::Columns | Problem::Json => &mut r.wrong_columns,
                         Problem::EmptySide => &mut r.empty_side,
                         Problem::ControlCharacter => &mut r.control_characters,
                     };
@@ -197,7 +198,10 @@ impl CheckReport {
             line(format!("  {} lines, {} usable pairs", r.lines, r.pairs));
             for (what, f) in [
                 ("invalid UTF-8", &r.invalid_utf8),
-                ("not 2 tab-separated columns", &r.wrong_columns),
+                (
+                    "not 2 columns / not JSON with both fields",
+                    &r.wrong_columns,
+                ),
                 ("empty or whitespace-only side", &r.empty_side),
                 ("control characters", &r.control_characters),
                 (
