@@ -260,83 +260,84 @@ impl Scan {
         }
         by.iter()
             .map(|(p, lines)| {
-                let shown: Vec<String> = lines.iter().take(5).map(usize::to_string).collect();
-                let more = if lines.len() > 5 { ", …" } else { "" };
-                let word = if lines.len() == 1 { "line" } else { "lines" };
-                format!(
-                    "{} {} ({word} {}{more})",
-                    lines.len(),
-                    p.describe(),
-                    shown.join(", ")
-                )
+                let counted = count_with_lines(lines.len(), &lines[..lines.len().min(5)]);
+                // "2 (lines 4, 9)" → "2 empty … side (lines 4, 9)"
+                match counted.split_once(' ') {
+                    Some((n, rest)) => format!("{n} {} {rest}", p.describe()),
+                    None => counted,
+                }
             })
             .collect::<Vec<_>>()
             .join("; ")
     }
 }
 
-/// Sorts the lines of a `source<TAB>target` file (read from `path`) into pairs and bad lines.
-pub fn scan_tsv(path: &Path, lines: Vec<RawLine>) -> Scan {
+/// Sorts the lines of a one-file corpus into pairs and bad lines, `parse` turning a valid
+/// UTF-8 line into its two sides or the problem with it.
+fn scan_lines(
+    path: &Path,
+    lines: Vec<RawLine>,
+    mut parse: impl FnMut(&str) -> std::result::Result<(String, String), (Problem, String)>,
+) -> Scan {
     let mut scan = Scan::default();
     for (i, line) in lines.into_iter().enumerate() {
         let line_no = i + 1;
         scan.lines += 1;
-        let line = match line {
-            Ok(l) => l,
-            Err(offset) => {
-                scan.invalid_utf8(path, line_no, offset);
-                continue;
-            }
-        };
-        let mut cols = line.split('\t');
-        match (cols.next(), cols.next(), cols.next()) {
-            (Some(src), Some(tgt), None) => scan.push((path, path), line_no, src, tgt),
-            _ => {
-                let n = line.split('\t').count();
-                let detail =
-                    format!("expected 2 tab-separated columns (source, target), found {n}");
-                scan.bad(path, line_no, (Problem::Columns, detail));
-            }
+        match line.map(|l| parse(&l)) {
+            Ok(Ok((src, tgt))) => scan.push((path, path), line_no, &src, &tgt),
+            Ok(Err(problem)) => scan.bad(path, line_no, problem),
+            Err(offset) => scan.invalid_utf8(path, line_no, offset),
         }
     }
     scan
 }
 
+/// Sorts the lines of a `source<TAB>target` file (read from `path`) into pairs and bad lines.
+pub fn scan_tsv(path: &Path, lines: Vec<RawLine>) -> Scan {
+    scan_lines(path, lines, |line| {
+        let mut cols = line.split('\t');
+        match (cols.next(), cols.next(), cols.next()) {
+            (Some(src), Some(tgt), None) => Ok((src.to_string(), tgt.to_string())),
+            _ => {
+                let n = line.split('\t').count();
+                Err((
+                    Problem::Columns,
+                    format!("expected 2 tab-separated columns (source, target), found {n}"),
+                ))
+            }
+        }
+    })
+}
+
 /// Sorts the lines of a JSON Lines file into pairs (fields `src_key` and `tgt_key`) and bad
 /// lines.
 pub fn scan_jsonl(path: &Path, lines: Vec<RawLine>, src_key: &str, tgt_key: &str) -> Scan {
-    let mut scan = Scan::default();
-    for (i, line) in lines.into_iter().enumerate() {
-        let line_no = i + 1;
-        scan.lines += 1;
-        let line = match line {
-            Ok(l) => l,
-            Err(offset) => {
-                scan.invalid_utf8(path, line_no, offset);
-                continue;
-            }
-        };
-        let value: std::result::Result<serde_json::Value, _> = serde_json::from_str(&line);
-        let field = |v: &serde_json::Value, key: &str| {
-            v.get(key).and_then(|x| x.as_str()).map(str::to_string)
-        };
-        match value {
-            Ok(v) => match (field(&v, src_key), field(&v, tgt_key)) {
-                (Some(s), Some(t)) => scan.push((path, path), line_no, &s, &t),
-                _ => {
-                    let detail = format!(
-                        "expected a JSON object with string fields \"{src_key}\" and \"{tgt_key}\""
-                    );
-                    scan.bad(path, line_no, (Problem::Json, detail));
-                }
-            },
-            Err(e) => {
-                let detail = format!("not valid JSON ({e})");
-                scan.bad(path, line_no, (Problem::Json, detail));
-            }
+    scan_lines(path, lines, |line| {
+        let value: serde_json::Value = serde_json::from_str(line)
+            .map_err(|e| (Problem::Json, format!("not valid JSON ({e})")))?;
+        let field = |key: &str| value.get(key).and_then(|x| x.as_str()).map(str::to_string);
+        match (field(src_key), field(tgt_key)) {
+            (Some(s), Some(t)) => Ok((s, t)),
+            _ => Err((
+                Problem::Json,
+                format!(
+                    "expected a JSON object with string fields \"{src_key}\" and \"{tgt_key}\""
+                ),
+            )),
         }
-    }
-    scan
+    })
+}
+
+/// "3 (lines 4, 9, 12)" or "7 (lines 1, 2, 3, 4, 5, …)": a count and the first line numbers.
+pub fn count_with_lines(count: usize, first_lines: &[usize]) -> String {
+    let shown: Vec<String> = first_lines.iter().map(usize::to_string).collect();
+    let more = if count > first_lines.len() {
+        ", …"
+    } else {
+        ""
+    };
+    let word = if count == 1 { "line" } else { "lines" };
+    format!("{count} ({word} {}{more})", shown.join(", "))
 }
 
 impl CorpusSpec {

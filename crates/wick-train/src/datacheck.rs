@@ -27,14 +27,7 @@ impl Finding {
     }
 
     fn describe(&self) -> String {
-        let lines: Vec<String> = self.lines.iter().map(usize::to_string).collect();
-        let more = if self.count > self.lines.len() {
-            ", …"
-        } else {
-            ""
-        };
-        let word = if self.count == 1 { "line" } else { "lines" };
-        format!("{} ({word} {}{more})", self.count, lines.join(", "))
+        wick_data::corpus::count_with_lines(self.count, &self.lines)
     }
 }
 

@@ -276,35 +276,15 @@ fn train_evaluate_translate_on_a_small_run() {
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(std::fs::read(&png_path).unwrap().starts_with(b"\x89PNG"));
-    fails_with(
-        &wick(&[
-            "translate",
-            "--run",
-            run_s,
-            "--attention",
-            "x.svg",
-            "a",
-            "b",
-        ]),
-        &["exactly one"],
-    );
-    fails_with(
-        &wick(&["translate", "--run", run_s, "--attention", "x.gif", "a"]),
-        &["x.gif", ".svg or .png"],
-    );
-    fails_with(
-        &wick(&[
-            "translate",
-            "--run",
-            run_s,
-            "--attention",
-            "x.svg",
-            "--heads",
-            "3",
-            "a",
-        ]),
-        &["--heads 3", "1 to 2"],
-    );
+    for (extra, needles) in [
+        (&["x.svg", "a", "b"][..], &["exactly one"][..]),
+        (&["x.gif", "a"], &["x.gif", ".svg or .png"]),
+        (&["x.svg", "--heads", "3", "a"], &["--heads 3", "1 to 2"]),
+    ] {
+        let mut args = vec!["translate", "--run", run_s, "--attention"];
+        args.extend(extra);
+        fails_with(&wick(&args), needles);
+    }
 
     let o = wick(&[
         "bench", "decode", "--run", run_s, "--limit", "8", "--beam", "2", "--json",

@@ -285,28 +285,16 @@ fn foreign_tokenizers_and_broken_checkpoints_are_clear_errors() {
         &["model.d_model=32", "model.d_ff=64"],
     ));
 
-    // A checkpoint of another shape.
-    fails_with(
-        &f.run(&[
-            "evaluate",
-            "--run",
-            "r",
-            "--checkpoint",
-            "other/checkpoints/best.safetensors",
-        ]),
-        &["other/checkpoints/best.safetensors", "does not fit"],
-    );
-    // A checkpoint that does not exist.
-    fails_with(
-        &f.run(&[
-            "evaluate",
-            "--run",
-            "r",
-            "--checkpoint",
-            "step-999.safetensors",
-        ]),
-        &["step-999.safetensors", "no such checkpoint"],
-    );
+    // A checkpoint of another shape, and one that does not exist.
+    for (checkpoint, needle) in [
+        ("other/checkpoints/best.safetensors", "does not fit"),
+        ("step-999.safetensors", "no such checkpoint"),
+    ] {
+        fails_with(
+            &f.run(&["evaluate", "--run", "r", "--checkpoint", checkpoint]),
+            &[checkpoint, needle],
+        );
+    }
 
     // Truncated and garbage checkpoints.
     let best = f.dir.join("r/checkpoints/best.safetensors");
