@@ -16,7 +16,7 @@ use wick_model::{Seq2Seq, Transformer};
 
 use crate::config::DecodeConfig;
 use crate::run::Tokenizers;
-use crate::translate::translate_ids;
+use crate::translate::{output_limit, translate_ids};
 
 /// The cross-attention of one translated sentence.
 #[derive(Clone, Debug, Serialize)]
@@ -62,8 +62,7 @@ pub fn attention_map(
     let max_positions = model.config().max_positions;
     let mut src = tok.src.encode(sentence)?;
     src.truncate(max_positions - 1);
-    let max_len =
-        ((decode.max_len_a * src.len() as f64) as usize + decode.max_len_b).min(max_positions - 1);
+    let max_len = output_limit(decode, src.len(), max_positions);
     // Without `</s>` (the length limit was reached) the rows are the output tokens only.
     let finished = out.len() < max_len;
     let mut tgt_in = vec![SPECIALS.bos];

@@ -1,6 +1,6 @@
 //! `wick data check`: everything wrong or suspicious in a corpus, found without training.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
 use serde::Serialize;
 use wick_data::corpus::Problem;
@@ -143,10 +143,10 @@ pub fn check(splits: &[(String, CorpusSpec)], max_len: usize, policy: OnBadLine)
     }
     let mut overlaps = Vec::new();
     if let Some(train_pos) = sources_by_split.iter().position(|(n, _)| n == "train") {
-        let train: HashMap<&str, ()> = sources_by_split[train_pos]
+        let train: HashSet<&str> = sources_by_split[train_pos]
             .1
             .iter()
-            .map(|(_, s)| (s.trim(), ()))
+            .map(|(_, s)| s.trim())
             .collect();
         for (name, sources) in &sources_by_split {
             if name == "train" {
@@ -154,7 +154,7 @@ pub fn check(splits: &[(String, CorpusSpec)], max_len: usize, policy: OnBadLine)
             }
             let mut f = Finding::default();
             for (line, s) in sources {
-                if train.contains_key(s.trim()) {
+                if train.contains(s.trim()) {
                     f.add(*line);
                 }
             }

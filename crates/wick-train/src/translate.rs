@@ -53,16 +53,19 @@ pub(crate) fn decode_batches<T: Clone + Default>(
         let memory = model.encode(&batch.src, &batch.src_mask, false)?;
         let max_len: Vec<usize> = srcs
             .iter()
-            .map(|s| {
-                ((decode.max_len_a * s.len() as f64) as usize + decode.max_len_b)
-                    .min(max_positions - 1)
-            })
+            .map(|s| output_limit(decode, s.len(), max_positions))
             .collect();
         for (i, result) in rows.into_iter().zip(search(&memory, &max_len)?) {
             out[i] = result;
         }
     }
     Ok(out)
+}
+
+/// Most output tokens (without `</s>`) for a source of `src_len` tokens:
+/// `max_len_a · src_len + max_len_b`, within the position table.
+pub(crate) fn output_limit(decode: &DecodeConfig, src_len: usize, max_positions: usize) -> usize {
+    ((decode.max_len_a * src_len as f64) as usize + decode.max_len_b).min(max_positions - 1)
 }
 
 pub(crate) const SPECIAL_IDS: SpecialIds = SpecialIds {
