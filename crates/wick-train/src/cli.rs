@@ -256,15 +256,32 @@ pub struct ScoreArgs {
 pub enum BenchCommand {
     /// Time full training steps (forward, loss, backward, clip, AdamW) on random batches.
     Train(BenchTrainArgs),
-    /// Time decoding of a run's test split: greedy, greedy without the key/value cache, and
-    /// beam search; sentences/s and output tokens/s.
+    /// Time decoding of a run's test split (greedy, greedy without the key/value cache, beam
+    /// search) or of a preset model on a fixed shape; sentences/s and output tokens/s.
     Decode(BenchDecodeArgs),
 }
 
 #[derive(Debug, Args)]
 pub struct BenchDecodeArgs {
-    #[command(flatten)]
-    pub run: RunArgs,
+    /// A run directory written by `wick train`: time decoding of one of its splits.
+    #[arg(long, required_unless_present = "preset", conflicts_with = "preset")]
+    pub run: Option<PathBuf>,
+    /// best, last, or a checkpoint file (with --run).
+    #[arg(long, default_value = "best", value_name = "best|last|FILE")]
+    pub checkpoint: Which,
+    /// Instead of a run: a randomly initialised benchmark model, decoding --batch-size random
+    /// sources of --src-len tokens for exactly --steps tokens each (no early stop).
+    #[arg(long, value_enum)]
+    pub preset: Option<Preset>,
+    /// Sentences per batch with --preset.
+    #[arg(long, default_value_t = 64, requires = "preset")]
+    pub batch_size: usize,
+    /// Source length with --preset.
+    #[arg(long, default_value_t = 24, requires = "preset")]
+    pub src_len: usize,
+    /// Output tokens per sentence with --preset.
+    #[arg(long, default_value_t = 24, requires = "preset")]
+    pub steps: usize,
     /// Split of the run's config whose sources are decoded.
     #[arg(long, value_enum, default_value = "test")]
     pub split: Split,
@@ -274,12 +291,15 @@ pub struct BenchDecodeArgs {
     /// Beam size of the beam-search timing (1: skip it).
     #[arg(long, default_value_t = 5)]
     pub beam: usize,
-    /// Skip the (slow) greedy decoding without the cache.
+    /// Skip the (slow) greedy decoding without the cache (always skipped with --preset).
     #[arg(long)]
     pub no_uncached: bool,
     /// Timed repeats per mode; the fastest is reported.
     #[arg(long, default_value_t = 1)]
     pub repeats: usize,
+    /// cpu, cuda, cuda:N or metal.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
     #[arg(long)]
     pub json: bool,
 }
@@ -693,27 +713,48 @@ fn cmd_bench_train(a: BenchTrainArgs) -> Result<()> {
 }
 
 fn cmd_bench_decode(a: BenchDecodeArgs) -> Result<()> {
-    let device = parse_device(&a.run.device)?;
-    let run = Run::open(&a.run.run)?;
-    let mut sources: Vec<String> = load_split(&run.config, a.split)?
-        .into_iter()
-        .map(|p| p.src)
-        .collect();
-    if let Some(n) = a.limit {
-        sources.truncate(n);
-    }
-    if sources.is_empty() {
-        bail!("nothing to decode: the {} split is empty", a.split.name())
-    }
-    let timings = crate::bench::bench_decode(crate::bench::DecodeBenchRequest {
-        run: &run,
-        which: a.run.checkpoint.clone(),
-        sources,
-        beam: a.beam,
-        uncached: !a.no_uncached,
-        repeats: a.repeats,
-        device: &device,
-    })?;
+    let device = parse_device(&a.device)?;
+    let timings = match (&a.run, a.preset) {
+        (Some(run_dir), _) => {
+            let run = Run::open(run_dir)?;
+            let mut sources: Vec<String> = load_split(&run.config, a.split)?
+                .into_iter()
+                .map(|p| p.src)
+                .collect();
+            if let Some(n) = a.limit {
+                sources.truncate(n);
+            }
+            if sources.is_empty() {
+                bail!("nothing to decode: the {} split is empty", a.split.name())
+            }
+            crate::bench::bench_decode(crate::bench::DecodeBenchRequest {
+                run: &run,
+                which: a.checkpoint.clone(),
+                sources,
+                beam: a.beam,
+                uncached: !a.no_uncached,
+                repeats: a.repeats,
+                device: &device,
+            })?
+        }
+        (None, Some(preset)) => {
+            if a.batch_size == 0 || a.src_len == 0 || a.steps == 0 {
+                bail!("--batch-size, --src-len and --steps must be positive")
+            }
+            let (model, vocab) = preset.config();
+            crate::bench::bench_decode_preset(crate::bench::PresetDecodeRequest {
+                model,
+                vocab,
+                batch_size: a.batch_size,
+                src_len: a.src_len,
+                steps: a.steps,
+                beam: a.beam,
+                repeats: a.repeats,
+                device,
+            })?
+        }
+        (None, None) => bail!("give --run DIR or --preset tiny|small|base"),
+    };
     if a.json {
         println!("{}", serde_json::to_string(&timings)?);
         return Ok(());

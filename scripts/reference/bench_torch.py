@@ -1,0 +1,266 @@
+#!/usr/bin/env python3
+"""PyTorch side of `scripts/bench_vs_pytorch.sh`: the benchmark presets of `wick bench`
+written the way a PyTorch user would write them (nn.Linear, nn.LayerNorm, F.cross_entropy
+with label smoothing, torch.optim.Adam, eager mode), on exactly the shapes wick times.
+
+    python scripts/reference/bench_torch.py train --preset tiny [--steps 10] [--threads 2]
+    python scripts/reference/bench_torch.py decode --preset tiny [--repeats 3]
+
+Prints one JSON object with the keys `wick bench … --json` uses (tgt_tokens_per_s,
+ms_per_step, peak_rss_mb, working_memory_mb, params; for decode: sentences_per_s,
+tokens_per_s). Working memory is peak RSS minus the RSS after `import torch`, because
+importing torch maps several hundred MB of libraries before any model exists.
+"""
+import argparse
+import json
+import math
+import resource
+import statistics
+import time
+
+
+def rss_mb():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
+
+
+def peak_rss_mb():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+import torch  # noqa: E402  (after rss_mb so the import itself can be measured)
+import torch.nn as nn  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+RSS_AFTER_IMPORT = rss_mb()
+
+# d_model, heads, layers (each side), d_ff, vocabulary: the same table as wick's `Preset`.
+PRESETS = {
+    "tiny": (128, 4, 2, 512, 8000),
+    "small": (256, 8, 3, 1024, 8000),
+    "base": (512, 8, 6, 2048, 16000),
+}
+MASKED = -1e9
+
+
+def sinusoid(n, d):
+    pos = torch.arange(n, dtype=torch.float64)[:, None]
+    i = torch.arange(d // 2, dtype=torch.float64)[None, :]
+    angle = pos / torch.pow(10000.0, 2 * i / d)
+    pe = torch.zeros(n, d, dtype=torch.float64)
+    pe[:, 0::2] = torch.sin(angle)
+    pe[:, 1::2] = torch.cos(angle)
+    return pe.float()
+
+
+class Attention(nn.Module):
+    def __init__(self, d, h, fused_qkv):
+        super().__init__()
+        self.h, self.dk = h, d // h
+        if fused_qkv:
+            self.qkv = nn.Linear(d, 3 * d)
+        else:
+            self.q = nn.Linear(d, d)
+            self.kv = nn.Linear(d, 2 * d)
+        self.out = nn.Linear(d, d)
+
+    def split(self, x):
+        b, t, _ = x.shape
+        return x.view(b, t, self.h, self.dk).transpose(1, 2)
+
+    def attend(self, q, k, v, bias):
+        # (b, h, tq, dk) · (b, h, dk, tk): the plain path, faster than
+        # scaled_dot_product_attention on CPU at these lengths (see ../shared/notes).
+        scores = (q @ k.transpose(-1, -2)) / math.sqrt(self.dk)
+        if bias is not None:
+            scores = scores + bias
+        out = scores.softmax(-1) @ v
+        b, _, tq, _ = out.shape
+        return self.out(out.transpose(1, 2).reshape(b, tq, self.h * self.dk))
+
+    def self_attn(self, x, bias, cache=None):
+        q, k, v = self.qkv(x).chunk(3, -1)
+        q, k, v = self.split(q), self.split(k), self.split(v)
+        if cache is not None:
+            if "k" in cache:
+                k = torch.cat([cache["k"], k], 2)
+                v = torch.cat([cache["v"], v], 2)
+            cache["k"], cache["v"] = k, v
+        return self.attend(q, k, v, bias)
+
+    def memory_kv(self, memory):
+        k, v = self.kv(memory).chunk(2, -1)
+        return self.split(k), self.split(v)
+
+    def cross_attn(self, x, kv, bias):
+        return self.attend(self.split(self.q(x)), kv[0], kv[1], bias)
+
+
+class EncoderLayer(nn.Module):
+    def __init__(self, d, h, ff, p):
+        super().__init__()
+        self.attn = Attention(d, h, True)
+        self.n1, self.n2 = nn.LayerNorm(d), nn.LayerNorm(d)
+        self.fc1, self.fc2 = nn.Linear(d, ff), nn.Linear(ff, d)
+        self.drop = nn.Dropout(p)
+
+    def forward(self, x, bias):
+        x = self.n1(x + self.drop(self.attn.self_attn(x, bias)))
+        return self.n2(x + self.drop(self.fc2(F.relu(self.fc1(x)))))
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, d, h, ff, p):
+        super().__init__()
+        self.self_attn = Attention(d, h, True)
+        self.cross = Attention(d, h, False)
+        self.n1, self.n2, self.n3 = nn.LayerNorm(d), nn.LayerNorm(d), nn.LayerNorm(d)
+        self.fc1, self.fc2 = nn.Linear(d, ff), nn.Linear(ff, d)
+        self.drop = nn.Dropout(p)
+
+    def forward(self, y, kv, self_bias, src_bias, cache=None):
+        y = self.n1(y + self.drop(self.self_attn.self_attn(y, self_bias, cache)))
+        y = self.n2(y + self.drop(self.cross.cross_attn(y, kv, src_bias)))
+        return self.n3(y + self.drop(self.fc2(F.relu(self.fc1(y)))))
+
+
+class Transformer(nn.Module):
+    """Post-norm encoder-decoder, sinusoidal positions, one embedding shared by source,
+    target and output projection, dropout on embeddings and sublayer outputs."""
+
+    def __init__(self, d, h, layers, ff, vocab, p=0.1):
+        super().__init__()
+        self.d = d
+        self.embed = nn.Embedding(vocab, d)
+        nn.init.normal_(self.embed.weight, 0, d**-0.5)
+        self.register_buffer("pe", sinusoid(256, d), persistent=False)
+        self.enc = nn.ModuleList(EncoderLayer(d, h, ff, p) for _ in range(layers))
+        self.dec = nn.ModuleList(DecoderLayer(d, h, ff, p) for _ in range(layers))
+        self.drop = nn.Dropout(p)
+
+    def embed_at(self, ids, start=0):
+        t = ids.shape[1]
+        return self.drop(self.embed(ids) * math.sqrt(self.d) + self.pe[start : start + t])
+
+    def encode(self, src, src_mask):
+        bias = ((1.0 - src_mask) * MASKED)[:, None, None, :]
+        x = self.embed_at(src)
+        for layer in self.enc:
+            x = layer(x, bias)
+        return x, bias
+
+    def decode(self, memory, src_bias, tgt_in):
+        t = tgt_in.shape[1]
+        causal = torch.triu(torch.full((t, t), MASKED), diagonal=1)
+        y = self.embed_at(tgt_in)
+        for layer in self.dec:
+            y = layer(y, layer.cross.memory_kv(memory), causal, src_bias)
+        return y @ self.embed.weight.T
+
+    @torch.no_grad()
+    def greedy(self, src, src_mask, bos, steps):
+        memory, src_bias = self.encode(src, src_mask)
+        kvs = [layer.cross.memory_kv(memory) for layer in self.dec]
+        caches = [{} for _ in self.dec]
+        tok = torch.full((src.shape[0], 1), bos, dtype=torch.long)
+        out = []
+        for step in range(steps):
+            y = self.embed_at(tok, step)
+            for layer, kv, cache in zip(self.dec, kvs, caches):
+                y = layer(y, kv, None, src_bias, cache)
+            tok = (y[:, -1] @ self.embed.weight.T).argmax(-1, keepdim=True)
+            out.append(tok)
+        return torch.cat(out, 1)
+
+
+def build(args):
+    d, h, layers, ff, vocab = PRESETS[args.preset]
+    torch.manual_seed(3)
+    model = Transformer(d, h, layers, ff, vocab)
+    params = sum(p.numel() for p in model.parameters())
+    b, s, t = args.batch_size, args.src_len, args.tgt_len
+    src = torch.randint(4, vocab, (b, s))
+    return model, params, vocab, src, torch.ones(b, s), b, s, t
+
+
+def train(args):
+    model, params, vocab, src, src_mask, b, s, t = build(args)
+    tgt_in = torch.randint(4, vocab, (b, t))
+    tgt_out = torch.randint(4, vocab, (b, t))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4, betas=(0.9, 0.98), eps=1e-9)
+    model.train()
+    times = []
+    for i in range(args.warmup + args.steps):
+        start = time.perf_counter()
+        memory, bias = model.encode(src, src_mask)
+        logits = model.decode(memory, bias, tgt_in)
+        loss = F.cross_entropy(logits.reshape(-1, vocab), tgt_out.reshape(-1), label_smoothing=0.1)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        if i >= args.warmup:
+            times.append(time.perf_counter() - start)
+    median = statistics.median(times)
+    return {
+        "impl": "pytorch",
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "params": params,
+        "ms_per_step": median * 1e3,
+        "ms_per_step_min": min(times) * 1e3,
+        "ms_per_step_max": max(times) * 1e3,
+        "tgt_tokens_per_s": b * t / median,
+        "peak_rss_mb": peak_rss_mb(),
+        "working_memory_mb": peak_rss_mb() - RSS_AFTER_IMPORT,
+    }
+
+
+def decode(args):
+    model, params, _, src, src_mask, b, _, _ = build(args)
+    model.eval()
+    best = math.inf
+    for i in range(args.repeats + 1):  # the first run is untimed warm-up
+        start = time.perf_counter()
+        out = model.greedy(src, src_mask, 1, args.steps)
+        if i > 0:
+            best = min(best, time.perf_counter() - start)
+    assert out.shape == (b, args.steps)
+    return {
+        "impl": "pytorch",
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "params": params,
+        "mode": "greedy",
+        "sentences": b,
+        "output_tokens": b * args.steps,
+        "seconds": best,
+        "sentences_per_s": b / best,
+        "tokens_per_s": b * args.steps / best,
+        "peak_rss_mb": peak_rss_mb(),
+    }
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("what", choices=["train", "decode"])
+    ap.add_argument("--preset", choices=list(PRESETS), default="tiny")
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--src-len", type=int, default=24)
+    ap.add_argument("--tgt-len", type=int, default=24)
+    ap.add_argument("--steps", type=int, default=None, help="timed training steps (10) or decoded tokens (24)")
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.what == "train":
+        args.steps = args.steps or 10
+        print(json.dumps(train(args)))
+    else:
+        args.steps = args.steps or 24
+        print(json.dumps(decode(args)))
+
+
+if __name__ == "__main__":
+    main()
