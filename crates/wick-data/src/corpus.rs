@@ -20,7 +20,8 @@ pub struct Pair {
 /// (`train = { jsonl = "train.jsonl", src = "en", tgt = "de" }`, one
 /// `{"en": "…", "de": "…"}` object per line), or two aligned files
 /// (`train = { src = "train.en", tgt = "train.fr" }`). Files ending in `.gz` are
-/// decompressed on the fly.
+/// decompressed on the fly. Any path may be an `hf://` path on the Hugging Face Hub
+/// ([`crate::hub`]).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum CorpusSpec {
@@ -46,6 +47,24 @@ impl CorpusSpec {
             CorpusSpec::Tsv(p) | CorpusSpec::Jsonl { jsonl: p, .. } => vec![p.as_path()],
             CorpusSpec::Files { src, tgt } => vec![src.as_path(), tgt.as_path()],
         }
+    }
+
+    /// The same corpus with every `hf://` path replaced by its local copy in the hub cache
+    /// (downloaded if needed; see [`crate::hub`]).
+    pub fn resolve(&self) -> Result<CorpusSpec> {
+        use crate::hub::resolve;
+        Ok(match self {
+            CorpusSpec::Tsv(p) => CorpusSpec::Tsv(resolve(p)?),
+            CorpusSpec::Jsonl { jsonl, src, tgt } => CorpusSpec::Jsonl {
+                jsonl: resolve(jsonl)?,
+                src: src.clone(),
+                tgt: tgt.clone(),
+            },
+            CorpusSpec::Files { src, tgt } => CorpusSpec::Files {
+                src: resolve(src)?,
+                tgt: resolve(tgt)?,
+            },
+        })
     }
 
     /// A short human-readable description.
@@ -345,6 +364,9 @@ impl CorpusSpec {
     /// make the corpus unreadable are errors: a missing file, a read failure (e.g. truncated
     /// gzip), two files of different lengths.
     pub fn scan(&self) -> Result<Scan> {
+        if self.paths().iter().any(|p| crate::hub::is_hub_path(p)) {
+            return self.resolve()?.scan();
+        }
         let (src, tgt) = match self {
             CorpusSpec::Tsv(path) => return Ok(scan_tsv(path, read_raw_lines(path)?)),
             CorpusSpec::Jsonl { jsonl, src, tgt } => {

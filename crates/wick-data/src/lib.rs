@@ -6,12 +6,14 @@
 //!   the original text exactly.
 //! - [`batch`] turns examples into padded tensors with the teacher-forcing shift and masks,
 //!   computed once; [`batcher`] groups examples under a token budget.
+//! - [`hub`] resolves `hf://` paths through the Hugging Face Hub cache.
 //! - [`synthetic`] generates the `reverse` and `copy` sanity tasks.
 
 pub mod batch;
 pub mod batcher;
 pub mod corpus;
 pub mod error;
+pub mod hub;
 pub mod synthetic;
 pub mod tokenizer;
 

@@ -55,6 +55,27 @@ pub enum DataCommand {
     /// untranslated pairs, and dev/test sources that also occur in train. Exits non-zero
     /// only for problems that would stop `wick train`.
     Check(DataCheckArgs),
+    /// Download files from the Hugging Face Hub into the standard hub cache and print where
+    /// they are: `hf://datasets/OWNER/NAME/FILE` (or a whole repository,
+    /// `hf://datasets/OWNER/NAME`), `hf://OWNER/NAME/FILE` for model repositories, or every
+    /// hf:// path a config names. Honours HF_HOME / HF_HUB_CACHE (cache), HF_ENDPOINT (server)
+    /// and HF_HUB_OFFLINE=1 (cache only). Files are checked against the hub's hashes.
+    Fetch(DataFetchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DataFetchArgs {
+    /// hf:// paths of files or repositories, e.g. hf://datasets/bentrevett/multi30k.
+    #[arg(value_name = "HF_PATH", required_unless_present = "config")]
+    pub paths: Vec<String>,
+    /// Fetch every hf:// path of this config (data.train/dev/test, data.tokenizer).
+    #[arg(long, short)]
+    pub config: Option<PathBuf>,
+    /// Use only the cache, as HF_HUB_OFFLINE=1 does.
+    #[arg(long)]
+    pub offline: bool,
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -340,6 +361,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Bench(BenchCommand::Train(a)) => cmd_bench_train(a),
         Command::Bench(BenchCommand::Decode(a)) => cmd_bench_decode(a),
         Command::Data(DataCommand::Check(a)) => cmd_data_check(a),
+        Command::Data(DataCommand::Fetch(a)) => cmd_data_fetch(a),
     }
 }
 
@@ -770,6 +792,52 @@ fn cmd_bench_decode(a: BenchDecodeArgs) -> Result<()> {
             t.tokens_per_s,
             t.seconds / base
         );
+    }
+    Ok(())
+}
+
+fn cmd_data_fetch(a: DataFetchArgs) -> Result<()> {
+    use wick_data::hub::{Hub, HubPath};
+    let mut wanted: Vec<String> = a.paths.clone();
+    if let Some(path) = &a.config {
+        let cfg = Config::load(path, &[])?;
+        let d = &cfg.data;
+        let corpus_paths = [&d.train, &d.dev, &d.test]
+            .into_iter()
+            .flatten()
+            .flat_map(|spec| spec.paths().into_iter().map(Path::to_path_buf));
+        wanted.extend(
+            corpus_paths
+                .chain(d.tokenizer.clone())
+                .filter(|p| wick_data::hub::is_hub_path(p))
+                .map(|p| p.display().to_string()),
+        );
+        if wanted.is_empty() {
+            bail!("{} names no hf:// paths", path.display())
+        }
+    }
+    let hub = Hub::from_env()?.offline(a.offline);
+    let mut fetched = Vec::new();
+    for text in &wanted {
+        let Some(parsed) = HubPath::parse(text) else {
+            bail!("{text}: not an hf:// path (e.g. hf://datasets/bentrevett/multi30k/train.jsonl)")
+        };
+        for (path, local) in hub.fetch(&parsed?)? {
+            let bytes = std::fs::metadata(&local).map(|m| m.len()).unwrap_or(0);
+            if !a.json {
+                println!("{path}\t{}\t{bytes} bytes", local.display());
+            }
+            fetched.push(serde_json::json!({
+                "path": path.to_string(),
+                "local": local.display().to_string(),
+                "bytes": bytes,
+            }));
+        }
+    }
+    if a.json {
+        println!("{}", serde_json::Value::Array(fetched));
+    } else {
+        eprintln!("hub cache: {}", hub.cache_dir().display());
     }
     Ok(())
 }

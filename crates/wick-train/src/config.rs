@@ -64,6 +64,11 @@ pub struct DataConfig {
     /// Language labels, used in reports only.
     pub src_lang: String,
     pub tgt_lang: String,
+    /// A ready `tokenizer.json` for both sides (a path or `hf://OWNER/NAME/tokenizer.json`)
+    /// instead of training one: e.g. another wick run's, to share a vocabulary. It must be a
+    /// wick tokenizer (`<pad> <s> </s> <unk>` at ids 0-3); `vocab_size` and `min_frequency`
+    /// are then unused.
+    pub tokenizer: Option<PathBuf>,
     /// One tokenizer for both sides (`tokenizer.json`) or one per side.
     pub joint_vocab: bool,
     /// BPE vocabulary size per tokenizer, special and byte tokens included.
@@ -84,6 +89,7 @@ impl Default for DataConfig {
             dev: None,
             test: None,
             synthetic: None,
+            tokenizer: None,
             src_lang: "src".into(),
             tgt_lang: "tgt".into(),
             joint_vocab: true,
@@ -385,6 +391,12 @@ impl Config {
             return Err(invalid(
                 "model.tie_embeddings",
                 "\"all\" needs data.joint_vocab = true",
+            ));
+        }
+        if d.tokenizer.is_some() && !d.joint_vocab {
+            return Err(invalid(
+                "data.tokenizer",
+                "a ready tokenizer serves both sides: it needs data.joint_vocab = true",
             ));
         }
         if m.max_positions < d.max_len + 2 {

@@ -94,9 +94,17 @@ pub fn drop_overlong(pairs: Vec<Pair>, max_len: usize) -> (Vec<Pair>, usize) {
     (kept, dropped)
 }
 
-/// Trains the tokenizer(s) on the training pairs only.
+/// Trains the tokenizer(s) on the training pairs only, or loads `data.tokenizer`.
 pub fn train_tokenizers(cfg: &Config, train: &[Pair]) -> Result<Tokenizers> {
     let d = &cfg.data;
+    if let Some(path) = &d.tokenizer {
+        let t = SubwordTokenizer::load(&wick_data::hub::resolve(path)?)?;
+        return Ok(Tokenizers {
+            src: t.clone(),
+            tgt: t,
+            joint: true,
+        });
+    }
     if d.joint_vocab {
         let texts = train.iter().flat_map(|p| [p.src.as_str(), p.tgt.as_str()]);
         let t = SubwordTokenizer::train(texts, d.vocab_size, d.min_frequency)?;

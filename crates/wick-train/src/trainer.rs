@@ -489,10 +489,12 @@ pub fn train(req: TrainRequest) -> Result<TrainSummary> {
         ("test", &cfg.data.test),
     ] {
         for p in spec.iter().flat_map(|s| s.paths()) {
+            // Hub files are hashed in the cache; `path` keeps the hf:// name the config used.
+            let local = wick_data::hub::resolve(p)?;
             data_files.push(DataFile {
                 split,
                 path: p.display().to_string(),
-                sha256: sha256_file(p)?,
+                sha256: sha256_file(&local)?,
             });
         }
     }
