@@ -2,70 +2,22 @@
 //!
 //! Self-attention projects Q, K and V with one fused `(3d, d)` matmul; cross-attention
 //! projects Q from the decoder and K, V with one fused `(2d, d)` matmul from the encoder
-//! memory, which incremental decoding computes once per source. Heads are a batch dimension
-//! of one batched matmul, never a loop.
+//! memory, which incremental decoding computes once per source. The attention core itself is
+//! the fused kernel of [`crate::fused_attention`], which reads the heads in place from the
+//! packed projections; the composed path serves attention maps and attention dropout.
 
 use candle_core::{D, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
 use crate::dropout::{Dropout, DropoutRng};
+use crate::fused_attention::{attention_with_probs, cross_attention, self_attention};
 use crate::linear::Linear;
 
-/// `(b, t, h·dk)` → `(b, h, t, dk)`, contiguous.
-fn split_heads(xs: &Tensor, n_heads: usize) -> Result<Tensor> {
-    let (b, t, d) = xs.dims3()?;
-    xs.reshape((b, t, n_heads, d / n_heads))? // (b, t, h, dk)
-        .transpose(1, 2)? // (b, h, t, dk)
-        .contiguous()
-}
-
-/// `(b, t, n·h·dk)` from a fused projection → `(n, b, h, t, dk)`: the `n` packed tensors
-/// (Q, K, V or K, V) split into heads with one permute and one copy.
-fn split_packed(packed: &Tensor, n: usize, n_heads: usize) -> Result<Tensor> {
-    let (b, t, nd) = packed.dims3()?;
-    let dk = nd / (n * n_heads);
-    packed
-        .reshape((b, t, n, n_heads, dk))?
-        .permute((2, 0, 3, 1, 4))?
-        .contiguous()
-}
-
-/// `(b, h, t, dk)` → `(b, t, h·dk)`.
-fn merge_heads(xs: &Tensor) -> Result<Tensor> {
-    let (b, h, t, dk) = xs.dims4()?;
-    xs.transpose(1, 2)?.reshape((b, t, h * dk)) // reshape copies the transposed layout
-}
-
-/// The attention core shared by self- and cross-attention.
-///
-/// # Shapes
-/// q `(b, h, tq, dk)`, k and v `(b, h, tk, dk)`, bias broadcastable to `(b, h, tq, tk)` →
-/// `(b, h, tq, dk)` and the probabilities `(b, h, tq, tk)`.
-fn scaled_dot_product(
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    bias: Option<&Tensor>,
-    dropout: &Dropout,
-    train: bool,
-) -> Result<(Tensor, Tensor)> {
-    let dk = q.dim(D::Minus1)?;
-    let q = (q * (dk as f64).powf(-0.5))?; // scaling q is cheaper than scaling the scores
-    let scores = q.matmul(&k.t()?)?; // (b, h, tq, tk)
-    let scores = match bias {
-        Some(bias) => scores.broadcast_add(bias)?,
-        None => scores,
-    };
-    let probs = crate::ops::softmax_last_dim(&scores)?;
-    let out = dropout.forward_t(&probs, train)?.matmul(v)?; // (b, h, tq, dk)
-    Ok((out, probs))
-}
-
-/// Keys and values cached for incremental decoding, `(b, h, t, dk)` each.
+/// Keys and values cached for incremental decoding: `(b, t, 2·d)`, each row the packed K and
+/// V of one position, as the projections produce them (the fused kernel reads heads in place).
 #[derive(Clone, Debug)]
 pub struct KvCache {
-    pub k: Tensor,
-    pub v: Tensor,
+    pub kv: Tensor,
 }
 
 impl KvCache {
@@ -73,8 +25,7 @@ impl KvCache {
     /// dropping finished sentences.
     pub fn index_select(&self, indices: &Tensor) -> Result<Self> {
         Ok(Self {
-            k: self.k.index_select(indices, 0)?,
-            v: self.v.index_select(indices, 0)?,
+            kv: self.kv.index_select(indices, 0)?,
         })
     }
 }
@@ -103,26 +54,33 @@ impl SelfAttention {
         })
     }
 
-    /// `(b, t, d)` → Q, K, V as `(b, h, t, dk)` each, with one permute of the packed tensor.
-    fn qkv(&self, xs: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
-        let qkv = split_packed(&self.qkv_proj.forward(xs)?, 3, self.n_heads)?; // (3, b, h, t, dk)
-        Ok((qkv.get(0)?, qkv.get(1)?, qkv.get(2)?))
-    }
-
-    /// Full-sequence self-attention.
+    /// Full-sequence self-attention. The fused kernel runs unless the probabilities are
+    /// wanted or attention dropout is active.
     ///
     /// # Shapes
-    /// xs `(b, t, d)`, bias broadcastable to `(b, h, t, t)` → `(b, t, d)` and, if asked, the
+    /// xs `(b, t, d)`, bias `(1|b, 1, 1|t, t)` → `(b, t, d)` and, if `want_probs`, the
     /// probabilities `(b, h, t, t)`.
     pub fn forward(
         &self,
         xs: &Tensor,
-        bias: Option<&Tensor>,
+        bias: &Tensor,
         train: bool,
-    ) -> Result<(Tensor, Tensor)> {
-        let (q, k, v) = self.qkv(xs)?;
-        let (out, probs) = scaled_dot_product(&q, &k, &v, bias, &self.dropout, train)?;
-        Ok((self.out_proj.forward(&merge_heads(&out)?)?, probs))
+        want_probs: bool,
+    ) -> Result<(Tensor, Option<Tensor>)> {
+        let qkv = self.qkv_proj.forward(xs)?; // (b, t, 3d)
+        if !want_probs && !self.dropout.is_active(train) {
+            let out = self_attention(&qkv, bias, self.n_heads)?;
+            return Ok((self.out_proj.forward(&out)?, None));
+        }
+        let d = qkv.dim(D::Minus1)? / 3;
+        let (out, probs) = attention_with_probs(
+            &qkv.narrow(D::Minus1, 0, d)?,
+            &qkv.narrow(D::Minus1, d, 2 * d)?,
+            bias,
+            self.n_heads,
+            |p| self.dropout.forward_t(p, train),
+        )?;
+        Ok((self.out_proj.forward(&out)?, Some(probs)))
     }
 
     /// One decoding step: attends from the new positions to the cache plus themselves and
@@ -130,16 +88,22 @@ impl SelfAttention {
     /// only earlier positions.
     ///
     /// # Shapes
-    /// xs `(b, 1, d)` → `(b, 1, d)`; the cache grows from `(b, h, t, dk)` to `(b, h, t+1, dk)`.
+    /// xs `(b, 1, d)` → `(b, 1, d)`; the cache grows from `(b, t, 2·d)` to `(b, t+1, 2·d)`.
     pub fn forward_step(&self, xs: &Tensor, cache: &mut Option<KvCache>) -> Result<Tensor> {
-        let (q, k, v) = self.qkv(xs)?;
-        let (k, v) = match cache.take() {
-            Some(c) => (Tensor::cat(&[&c.k, &k], 2)?, Tensor::cat(&[&c.v, &v], 2)?),
-            None => (k, v),
+        let qkv = self.qkv_proj.forward(xs)?; // (b, 1, 3d)
+        let d = qkv.dim(D::Minus1)? / 3;
+        // Contiguous first: Candle concatenates strided inputs along dim 1 into a transposed
+        // (strided) result, which index_select (beam reordering) refuses.
+        let new_kv = qkv.narrow(D::Minus1, d, 2 * d)?.contiguous()?;
+        let kv = match cache.take() {
+            Some(c) => Tensor::cat(&[&c.kv, &new_kv], 1)?,
+            None => new_kv,
         };
-        let (out, _) = scaled_dot_product(&q, &k, &v, None, &self.dropout, false)?;
-        *cache = Some(KvCache { k, v });
-        self.out_proj.forward(&merge_heads(&out)?)
+        let no_mask = Tensor::zeros((1, 1, 1, kv.dim(1)?), kv.dtype(), kv.device())?;
+        // The packed QKV row serves as the query: the kernel reads its first d columns.
+        let out = cross_attention(&qkv, &kv, &no_mask, self.n_heads)?;
+        *cache = Some(KvCache { kv });
+        self.out_proj.forward(&out)
     }
 }
 
@@ -169,37 +133,35 @@ impl CrossAttention {
         })
     }
 
-    /// Projects the encoder memory into keys and values.
+    /// Projects the encoder memory into packed keys and values.
     ///
     /// # Shapes
-    /// memory `(b, s, d)` → K and V `(b, h, s, dk)`.
+    /// memory `(b, s, d)` → `(b, s, 2·d)`.
     pub fn memory_kv(&self, memory: &Tensor) -> Result<KvCache> {
-        let kv = split_packed(&self.kv_proj.forward(memory)?, 2, self.n_heads)?; // (2, b, h, s, dk)
         Ok(KvCache {
-            k: kv.get(0)?,
-            v: kv.get(1)?,
+            kv: self.kv_proj.forward(memory)?,
         })
     }
 
     /// # Shapes
-    /// xs `(b, t, d)`, memory K/V `(b, h, s, dk)`, bias `(b, 1, 1, s)` → `(b, t, d)` and the
-    /// probabilities `(b, h, t, s)`.
+    /// xs `(b, t, d)`, memory K/V `(b, s, 2·d)`, bias `(b, 1, 1, s)` → `(b, t, d)` and, if
+    /// `want_probs`, the probabilities `(b, h, t, s)`.
     pub fn forward(
         &self,
         xs: &Tensor,
         memory_kv: &KvCache,
         bias: &Tensor,
         train: bool,
-    ) -> Result<(Tensor, Tensor)> {
-        let q = split_heads(&self.q_proj.forward(xs)?, self.n_heads)?; // (b, h, t, dk)
-        let (out, probs) = scaled_dot_product(
-            &q,
-            &memory_kv.k,
-            &memory_kv.v,
-            Some(bias),
-            &self.dropout,
-            train,
-        )?;
-        Ok((self.out_proj.forward(&merge_heads(&out)?)?, probs))
+        want_probs: bool,
+    ) -> Result<(Tensor, Option<Tensor>)> {
+        let q = self.q_proj.forward(xs)?; // (b, t, d)
+        if !want_probs && !self.dropout.is_active(train) {
+            let out = cross_attention(&q, &memory_kv.kv, bias, self.n_heads)?;
+            return Ok((self.out_proj.forward(&out)?, None));
+        }
+        let (out, probs) = attention_with_probs(&q, &memory_kv.kv, bias, self.n_heads, |p| {
+            self.dropout.forward_t(p, train)
+        })?;
+        Ok((self.out_proj.forward(&out)?, Some(probs)))
     }
 }

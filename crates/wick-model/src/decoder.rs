@@ -86,23 +86,25 @@ impl DecoderLayer {
     /// Full-sequence (teacher-forced) forward.
     ///
     /// # Shapes
-    /// xs `(b, t, d)`, causal `(1, 1, t, t)`, memory K/V `(b, h, s, dk)`, src_bias
-    /// `(b, 1, 1, s)` → `(b, t, d)` and the cross-attention probabilities `(b, h, t, s)`.
+    /// xs `(b, t, d)`, causal `(1, 1, t, t)`, memory K/V `(b, s, 2·d)`, src_bias
+    /// `(b, 1, 1, s)` → `(b, t, d)` and, if `want_probs`, the cross-attention probabilities
+    /// `(b, h, t, s)`.
     pub fn forward_t(
         &self,
         xs: &Tensor,
         causal: &Tensor,
         memory_kv: &KvCache,
         src_bias: &Tensor,
+        want_probs: bool,
         train: bool,
-    ) -> Result<(Tensor, Tensor)> {
+    ) -> Result<(Tensor, Option<Tensor>)> {
         let xs = residual(
             xs,
             &self.self_attn_norm,
             self.norm,
             &self.dropout,
             train,
-            |x| Ok(self.self_attn.forward(x, Some(causal), train)?.0),
+            |x| Ok(self.self_attn.forward(x, causal, train, false)?.0),
         )?;
         let mut probs = None;
         let xs = residual(
@@ -112,16 +114,16 @@ impl DecoderLayer {
             &self.dropout,
             train,
             |x| {
-                let (out, p) = self.cross_attn.forward(x, memory_kv, src_bias, train)?;
-                probs = Some(p);
+                let (out, p) = self
+                    .cross_attn
+                    .forward(x, memory_kv, src_bias, train, want_probs)?;
+                probs = p;
                 Ok(out)
             },
         )?;
         let xs = residual(&xs, &self.ffn_norm, self.norm, &self.dropout, train, |x| {
             self.ffn.forward_t(x, train)
         })?;
-        let probs =
-            probs.ok_or_else(|| candle_core::Error::Msg("cross-attention did not run".into()))?;
         Ok((xs, probs))
     }
 
@@ -152,7 +154,7 @@ impl DecoderLayer {
             |x| {
                 Ok(self
                     .cross_attn
-                    .forward(x, &cache.memory_kv, src_bias, false)?
+                    .forward(x, &cache.memory_kv, src_bias, false, false)?
                     .0)
             },
         )?;
@@ -219,11 +221,10 @@ impl Decoder {
         let mut cross_attention = Vec::new();
         for layer in &self.layers {
             let memory_kv = layer.memory_kv(memory)?;
-            let (out, probs) = layer.forward_t(&xs, &causal, &memory_kv, src_bias, train)?;
+            let (out, probs) =
+                layer.forward_t(&xs, &causal, &memory_kv, src_bias, want_attention, train)?;
             xs = out;
-            if want_attention {
-                cross_attention.push(probs);
-            }
+            cross_attention.extend(probs);
         }
         Ok(DecoderOutput {
             hidden: maybe_norm(self.final_norm.as_ref(), xs)?,

@@ -63,6 +63,11 @@ impl Dropout {
         Self { p, rng }
     }
 
+    /// Whether [`Dropout::forward_t`] changes anything in this mode.
+    pub fn is_active(&self, train: bool) -> bool {
+        train && self.p > 0.0
+    }
+
     /// Identity unless `train`; then zeroes each element with probability `p` and scales the
     /// rest by `1/(1-p)`. Any shape.
     pub fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {

@@ -70,7 +70,7 @@ impl EncoderLayer {
             self.norm,
             &self.dropout,
             train,
-            |x| Ok(self.self_attn.forward(x, Some(src_bias), train)?.0),
+            |x| Ok(self.self_attn.forward(x, src_bias, train, false)?.0),
         )?;
         residual(&xs, &self.ffn_norm, self.norm, &self.dropout, train, |x| {
             self.ffn.forward_t(x, train)

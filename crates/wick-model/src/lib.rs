@@ -15,6 +15,7 @@ pub mod dropout;
 pub mod embedding;
 pub mod encoder;
 pub mod feed_forward;
+pub mod fused_attention;
 pub mod init;
 pub mod linear;
 pub mod mask;

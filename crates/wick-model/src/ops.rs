@@ -18,7 +18,7 @@ use rayon::prelude::*;
 /// Rows processed per parallel task; below this many elements a kernel runs serially.
 const PAR_MIN_ELEMS: usize = 1 << 15;
 
-fn slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
+pub(crate) fn slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
     let data = match s {
         CpuStorage::F32(v) => v.as_slice(),
         _ => bail!("{what}: expected f32"),

@@ -141,3 +141,98 @@ fn cross_entropy_kernel_matches_reference() -> Result<()> {
     assert!(err.contains("target id 5"), "{err}");
     Ok(())
 }
+
+/// A key-padding bias `(b, 1, 1, tk)` hiding the last `pad[i]` keys of sentence `i`.
+fn padding_bias(pad: &[usize], tk: usize) -> Result<Tensor> {
+    let data: Vec<f32> = pad
+        .iter()
+        .flat_map(|&p| (0..tk).map(move |j| if j + p >= tk { -1e9 } else { 0.0 }))
+        .collect();
+    Tensor::from_vec(data, (pad.len(), 1, 1, tk), &Device::Cpu)
+}
+
+#[test]
+fn fused_attention_matches_reference() -> Result<()> {
+    use wick_model::fused_attention as fa;
+    use wick_model::mask::causal_bias;
+    // (b, t, heads, d_k): odd sizes, one head, and the benchmark shape; key padding (with a
+    // sentence that is all padding but one key) and a causal mask.
+    for (b, t, heads, dk, seed) in [
+        (3, 5, 2, 3, 1),
+        (1, 1, 1, 8, 2),
+        (4, 7, 4, 9, 3),
+        (16, 24, 4, 32, 4),
+    ] {
+        let d = heads * dk;
+        let qkv = randn(&[b, t, 3 * d], seed)?;
+        let pad: Vec<usize> = (0..b).map(|i| (i * 2) % t).collect();
+        for bias in [padding_bias(&pad, t)?, causal_bias(t, &Device::Cpu)?] {
+            let (y, g) = value_and_grads(
+                |x| fa::self_attention(&x[0], &bias, heads),
+                &[qkv.clone()],
+                seed,
+            )?;
+            let (yr, gr) = value_and_grads(
+                |x| fa::self_attention_reference(&x[0], &bias, heads),
+                &[qkv.clone()],
+                seed,
+            )?;
+            assert_eq!(y.dims(), &[b, t, d]);
+            assert!(
+                max_diff(&y, &yr)? < 1e-5,
+                "self forward {b}x{t}x{heads}x{dk}"
+            );
+            assert!(
+                max_diff(&g[0], &gr[0])? < 1e-4,
+                "self backward {b}x{t}x{heads}x{dk}"
+            );
+        }
+        // Cross-attention: different query and key lengths, queries wider than d (a packed
+        // QKV row as a decoding step uses it), padded keys.
+        let tq = t + 2;
+        let q = randn(&[b, tq, 3 * d], seed + 10)?;
+        let kv = randn(&[b, t, 2 * d], seed + 20)?;
+        let bias = padding_bias(&pad, t)?;
+        let (y, g) = value_and_grads(
+            |x| fa::cross_attention(&x[0], &x[1], &bias, heads),
+            &[q.clone(), kv.clone()],
+            seed,
+        )?;
+        let (yr, gr) = value_and_grads(
+            |x| fa::cross_attention_reference(&x[0], &x[1], &bias, heads),
+            &[q.clone(), kv.clone()],
+            seed,
+        )?;
+        assert_eq!(y.dims(), &[b, tq, d]);
+        assert!(max_diff(&y, &yr)? < 1e-5, "cross forward");
+        assert!(max_diff(&g[0], &gr[0])? < 1e-4, "cross backward, queries");
+        assert!(
+            max_diff(&g[1], &gr[1])? < 1e-4,
+            "cross backward, keys/values"
+        );
+        // Columns of the query row beyond d are not read, so their gradient is zero.
+        let unused = g[0]
+            .narrow(2, d, 2 * d)?
+            .abs()?
+            .flatten_all()?
+            .max(0)?
+            .to_scalar::<f32>()?;
+        assert_eq!(unused, 0.0);
+    }
+    // Padding cannot leak: changing a masked key's values leaves the output unchanged.
+    let (b, t, heads, d) = (2, 6, 2, 8);
+    let qkv = randn(&[b, t, 3 * d], 9)?;
+    let bias = padding_bias(&[2, 0], t)?;
+    let y = fa::self_attention(&qkv, &bias, heads)?;
+    let mut data = qkv.flatten_all()?.to_vec1::<f32>()?;
+    for j in [4, 5] {
+        for c in d..3 * d {
+            data[j * 3 * d + c] += 100.0; // sentence 0, padded positions 4 and 5: K and V
+        }
+    }
+    let changed = Tensor::from_vec(data, (b, t, 3 * d), &Device::Cpu)?;
+    let y2 = fa::self_attention(&changed, &bias, heads)?;
+    let real = |y: &Tensor| y.narrow(0, 0, 1)?.narrow(1, 0, 4);
+    assert_eq!(max_diff(&real(&y)?, &real(&y2)?)?, 0.0);
+    Ok(())
+}

@@ -99,7 +99,15 @@ fn output_does_not_depend_on_the_batch() -> Result<()> {
         let b: Vec<&Vec<u32>> = batched[i].iter().map(|h| &h.tokens).collect();
         assert_eq!(a, b, "sentence {i}: beam output changed with the batch");
         for (x, y) in alone[0].iter().zip(&batched[i]) {
-            assert!((x.score - y.score).abs() < 1e-4);
+            // Matmuls block their sums by row count, so a batch of 37 and a batch of 1 round
+            // differently; over this random model's 10-20 steps that reaches ~1e-4 (measured
+            // 0.8e-4 composed, 1.1e-4 fused). A padding leak moves scores by orders more.
+            assert!(
+                (x.score - y.score).abs() < 3e-4,
+                "sentence {i}: score {} alone, {} in the batch",
+                x.score,
+                y.score
+            );
         }
         assert_eq!(
             greedy(&m, &mem1, IDS, &max_len[i..=i])?[0],

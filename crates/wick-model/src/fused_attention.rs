@@ -1,0 +1,575 @@
+//! The attention core, softmax(Q·Kᵀ/√d_k + bias)·V for every head, as one CPU kernel with a
+//! hand-written backward.
+//!
+//! Composed from Candle's primitives, one attention call is about fifteen autograd nodes
+//! (head split: reshape, permute, copy and three narrows; scale, transpose, batched matmul,
+//! bias add, softmax, matmul, head merge: transpose and copy), each a full-size buffer forward
+//! and a zeroed gradient plus an addition backward; and Candle runs the batched matmuls as a
+//! serial loop of tiny single-threaded multiplies. Here Q, K and V are read in place from the
+//! packed projection `(b, t, 3·d)` (or `(b, t, d)` and `(b, s, 2·d)`), the output is written
+//! with heads already merged, the probabilities are recomputed in backward rather than kept,
+//! and sentences run in parallel. Written by hand because no crate offers a differentiable
+//! fused attention on Candle's CPU backend.
+//!
+//! [`self_attention_reference`] and [`cross_attention_reference`] compose the same function
+//! from Candle ops; they run on devices without the kernel and the tests hold the kernel to
+//! them, forward and backward.
+
+use candle_core::{
+    CpuStorage, CustomOp1, CustomOp2, CustomOp3, D, DType, Layout, Result, Shape, Storage, Tensor,
+    bail,
+};
+use rayon::prelude::*;
+
+use crate::ops::slice;
+
+/// Shapes of one call: `b` sentences, `tq` queries, `tk` keys, and where Q, K and V sit in
+/// their row-major buffers (row widths `qw`, `kvw`; first columns `q_col`, `k_col`, `v_col`).
+#[derive(Clone, Copy, Debug)]
+struct Geometry {
+    b: usize,
+    tq: usize,
+    tk: usize,
+    heads: usize,
+    dk: usize,
+    qw: usize,
+    kvw: usize,
+    q_col: usize,
+    k_col: usize,
+    v_col: usize,
+    scale: f32,
+}
+
+impl Geometry {
+    fn d(&self) -> usize {
+        self.heads * self.dk
+    }
+}
+
+/// An additive bias `(bb, 1, bq, tk)` with `bb ∈ {1, b}` and `bq ∈ {1, tq}`, broadcast over
+/// heads (and over sentences or queries where its size is 1).
+#[derive(Clone, Copy)]
+struct Bias<'a> {
+    data: &'a [f32],
+    per_sentence: bool,
+    per_query: bool,
+    bq: usize,
+    tk: usize,
+}
+
+impl Bias<'_> {
+    fn row(&self, sentence: usize, query: usize) -> &[f32] {
+        let s = if self.per_sentence { sentence } else { 0 };
+        let q = if self.per_query { query } else { 0 };
+        &self.data[(s * self.bq + q) * self.tk..][..self.tk]
+    }
+}
+
+/// Checks `bias` against the call's shape and hands its data to `f`.
+fn with_bias<R>(bias: &Tensor, g: &Geometry, f: impl FnOnce(Bias<'_>) -> Result<R>) -> Result<R> {
+    let (bb, one, bq, tk) = bias.dims4()?;
+    if one != 1 || !(bb == 1 || bb == g.b) || !(bq == 1 || bq == g.tq) || tk != g.tk {
+        bail!(
+            "attention: bias {:?} does not broadcast to ({}, heads, {}, {})",
+            bias.dims(),
+            g.b,
+            g.tq,
+            g.tk
+        )
+    }
+    let (storage, layout) = bias.storage_and_layout();
+    let data = match &*storage {
+        Storage::Cpu(cpu) => slice(cpu, layout, "attention bias")?,
+        _ => bail!("attention: the fused kernel runs on the CPU only"),
+    };
+    f(Bias {
+        data,
+        per_sentence: bb > 1,
+        per_query: bq > 1,
+        bq,
+        tk,
+    })
+}
+
+/// Dot product with eight independent accumulators, which the compiler turns into SIMD lanes
+/// (a single running sum would have to stay scalar to keep the order of float additions).
+#[inline]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for l in 0..8 {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    let mut s: f32 = acc.iter().sum();
+    for (x, y) in ra.iter().zip(rb) {
+        s += x * y;
+    }
+    s
+}
+
+/// `y += a·x`.
+#[inline]
+fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
+    for (y, x) in y.iter_mut().zip(x) {
+        *y += a * x;
+    }
+}
+
+/// Attention probabilities of head `h` of one sentence into `p` `(tq, tk)`; `q` and `kv` are
+/// that sentence's rows.
+fn probs(
+    g: &Geometry,
+    q: &[f32],
+    kv: &[f32],
+    bias: &Bias,
+    sentence: usize,
+    h: usize,
+    p: &mut [f32],
+) {
+    let off = h * g.dk;
+    for i in 0..g.tq {
+        let qi = &q[i * g.qw + g.q_col + off..][..g.dk];
+        let brow = bias.row(sentence, i);
+        let row = &mut p[i * g.tk..][..g.tk];
+        let mut max = f32::NEG_INFINITY;
+        for (j, s) in row.iter_mut().enumerate() {
+            let kj = &kv[j * g.kvw + g.k_col + off..][..g.dk];
+            *s = g.scale * dot(qi, kj) + brow[j];
+            max = max.max(*s);
+        }
+        let mut sum = 0.0;
+        for s in row.iter_mut() {
+            *s = (*s - max).exp();
+            sum += *s;
+        }
+        let inv = 1.0 / sum;
+        for s in row.iter_mut() {
+            *s *= inv;
+        }
+    }
+}
+
+/// Output rows `(tq, d)` of one sentence, heads merged.
+fn forward_sentence(
+    g: &Geometry,
+    q: &[f32],
+    kv: &[f32],
+    bias: &Bias,
+    sentence: usize,
+    out: &mut [f32],
+    p: &mut [f32],
+) {
+    let d = g.d();
+    for h in 0..g.heads {
+        probs(g, q, kv, bias, sentence, h, p);
+        for i in 0..g.tq {
+            let o = &mut out[i * d + h * g.dk..][..g.dk];
+            o.fill(0.0);
+            for j in 0..g.tk {
+                let pij = p[i * g.tk + j];
+                if pij != 0.0 {
+                    axpy(o, pij, &kv[j * g.kvw + g.v_col + h * g.dk..][..g.dk]);
+                }
+            }
+        }
+    }
+}
+
+/// Per-thread scratch of the backward pass.
+#[derive(Default)]
+struct Scratch {
+    p: Vec<f32>,
+    dp: Vec<f32>,
+    dq: Vec<f32>,
+    dk: Vec<f32>,
+    dv: Vec<f32>,
+}
+
+/// Gradients of one sentence's Q `(tq, d)`, K and V `(tk, d)` into `s.dq`, `s.dk`, `s.dv`,
+/// given the output gradient `go` `(tq, d)`:
+/// dV = Pᵀ·dO, dP = dO·Vᵀ, dS = P ∘ (dP − rowsum(P ∘ dP)), dQ = dS·K/√d_k, dK = dSᵀ·Q/√d_k.
+fn backward_sentence(
+    g: &Geometry,
+    q: &[f32],
+    kv: &[f32],
+    bias: &Bias,
+    sentence: usize,
+    go: &[f32],
+    s: &mut Scratch,
+) {
+    let d = g.d();
+    let (tq, tk, dk) = (g.tq, g.tk, g.dk);
+    s.p.resize(tq * tk, 0.0);
+    s.dp.resize(tq * tk, 0.0);
+    s.dq.clear();
+    s.dq.resize(tq * d, 0.0);
+    for buf in [&mut s.dk, &mut s.dv] {
+        buf.clear();
+        buf.resize(tk * d, 0.0);
+    }
+    for h in 0..g.heads {
+        let off = h * dk;
+        probs(g, q, kv, bias, sentence, h, &mut s.p);
+        for i in 0..tq {
+            let goi = &go[i * d + off..][..dk];
+            let mut row = 0.0;
+            for j in 0..tk {
+                let pij = s.p[i * tk + j];
+                let vj = &kv[j * g.kvw + g.v_col + off..][..dk];
+                let dpij = dot(goi, vj);
+                s.dp[i * tk + j] = dpij;
+                row += pij * dpij;
+                if pij != 0.0 {
+                    axpy(&mut s.dv[j * d + off..][..dk], pij, goi);
+                }
+            }
+            for j in 0..tk {
+                let ds = s.p[i * tk + j] * (s.dp[i * tk + j] - row) * g.scale;
+                if ds != 0.0 {
+                    let kj = &kv[j * g.kvw + g.k_col + off..][..dk];
+                    axpy(&mut s.dq[i * d + off..][..dk], ds, kj);
+                    let qi = &q[i * g.qw + g.q_col + off..][..dk];
+                    axpy(&mut s.dk[j * d + off..][..dk], ds, qi);
+                }
+            }
+        }
+    }
+}
+
+/// Adds `src` `(rows, d)` into columns `col..col + d` of `dst` `(rows, width)`.
+fn scatter(dst: &mut [f32], width: usize, col: usize, src: &[f32], d: usize) {
+    for (dst_row, src_row) in dst.chunks_mut(width).zip(src.chunks(d)) {
+        for (a, b) in dst_row[col..col + d].iter_mut().zip(src_row) {
+            *a += b;
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Self-attention over a packed QKV projection.
+
+struct SelfAttention {
+    bias: Tensor,
+    heads: usize,
+}
+
+fn self_geometry(shape: &Shape, heads: usize) -> Result<Geometry> {
+    let (b, t, w) = shape.dims3()?;
+    if w % (3 * heads) != 0 {
+        bail!("self-attention: packed width {w} is not 3 × heads ({heads}) × d_k")
+    }
+    let d = w / 3;
+    let dk = d / heads;
+    Ok(Geometry {
+        b,
+        tq: t,
+        tk: t,
+        heads,
+        dk,
+        qw: w,
+        kvw: w,
+        q_col: 0,
+        k_col: d,
+        v_col: 2 * d,
+        scale: (dk as f32).powf(-0.5),
+    })
+}
+
+impl CustomOp1 for SelfAttention {
+    fn name(&self) -> &'static str {
+        "wick-self-attention"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let g = self_geometry(l.shape(), self.heads)?;
+        let qkv = slice(s, l, "self-attention qkv")?;
+        let d = g.d();
+        let mut out = vec![0f32; g.b * g.tq * d];
+        with_bias(&self.bias, &g, |bias| {
+            out.par_chunks_mut(g.tq * d)
+                .enumerate()
+                .for_each_init(Vec::new, |p, (n, out)| {
+                    p.resize(g.tq * g.tk, 0.0);
+                    let rows = &qkv[n * g.tq * g.qw..][..g.tq * g.qw];
+                    forward_sentence(&g, rows, rows, &bias, n, out, p);
+                });
+            Ok(())
+        })?;
+        Ok((CpuStorage::F32(out), Shape::from((g.b, g.tq, d))))
+    }
+
+    fn bwd(&self, qkv: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let op = SelfAttentionBackward {
+            bias: self.bias.clone(),
+            heads: self.heads,
+        };
+        Ok(Some(qkv.apply_op2_no_bwd(&grad.contiguous()?, &op)?))
+    }
+}
+
+struct SelfAttentionBackward {
+    bias: Tensor,
+    heads: usize,
+}
+
+impl CustomOp2 for SelfAttentionBackward {
+    fn name(&self) -> &'static str {
+        "wick-self-attention-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let g = self_geometry(l1.shape(), self.heads)?;
+        let qkv = slice(s1, l1, "self-attention qkv")?;
+        let go = slice(s2, l2, "self-attention output gradient")?;
+        let d = g.d();
+        let mut dqkv = vec![0f32; g.b * g.tq * g.qw];
+        with_bias(&self.bias, &g, |bias| {
+            dqkv.par_chunks_mut(g.tq * g.qw).enumerate().for_each_init(
+                Scratch::default,
+                |s, (n, dst)| {
+                    let rows = &qkv[n * g.tq * g.qw..][..g.tq * g.qw];
+                    let go = &go[n * g.tq * d..][..g.tq * d];
+                    backward_sentence(&g, rows, rows, &bias, n, go, s);
+                    scatter(dst, g.qw, g.q_col, &s.dq, d);
+                    scatter(dst, g.qw, g.k_col, &s.dk, d);
+                    scatter(dst, g.qw, g.v_col, &s.dv, d);
+                },
+            );
+            Ok(())
+        })?;
+        Ok((CpuStorage::F32(dqkv), l1.shape().clone()))
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Queries attending to a packed key/value projection (cross-attention, incremental decoding).
+
+struct CrossAttention {
+    bias: Tensor,
+    heads: usize,
+}
+
+fn cross_geometry(q: &Shape, kv: &Shape, heads: usize) -> Result<Geometry> {
+    let (b, tq, qw) = q.dims3()?;
+    let (bk, tk, kvw) = kv.dims3()?;
+    if kvw % (2 * heads) != 0 || bk != b || qw < kvw / 2 {
+        bail!("attention: queries {q:?} and packed keys/values {kv:?} do not match")
+    }
+    let d = kvw / 2;
+    let dk = d / heads;
+    Ok(Geometry {
+        b,
+        tq,
+        tk,
+        heads,
+        dk,
+        qw,
+        kvw,
+        q_col: 0,
+        k_col: 0,
+        v_col: d,
+        scale: (dk as f32).powf(-0.5),
+    })
+}
+
+impl CustomOp2 for CrossAttention {
+    fn name(&self) -> &'static str {
+        "wick-cross-attention"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let g = cross_geometry(l1.shape(), l2.shape(), self.heads)?;
+        let q = slice(s1, l1, "attention queries")?;
+        let kv = slice(s2, l2, "attention keys/values")?;
+        let d = g.d();
+        let mut out = vec![0f32; g.b * g.tq * d];
+        with_bias(&self.bias, &g, |bias| {
+            out.par_chunks_mut(g.tq * d)
+                .enumerate()
+                .for_each_init(Vec::new, |p, (n, out)| {
+                    p.resize(g.tq * g.tk, 0.0);
+                    let q = &q[n * g.tq * g.qw..][..g.tq * g.qw];
+                    let kv = &kv[n * g.tk * g.kvw..][..g.tk * g.kvw];
+                    forward_sentence(&g, q, kv, &bias, n, out, p);
+                });
+            Ok(())
+        })?;
+        Ok((CpuStorage::F32(out), Shape::from((g.b, g.tq, d))))
+    }
+
+    fn bwd(
+        &self,
+        q: &Tensor,
+        kv: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let op = CrossAttentionBackward {
+            bias: self.bias.clone(),
+            heads: self.heads,
+        };
+        // One buffer holds both gradients, dQ then dKV, so that each is a contiguous slice.
+        let both = q.apply_op3_no_bwd(kv, &grad.contiguous()?, &op)?;
+        let nq = q.elem_count();
+        let dq = both.narrow(0, 0, nq)?.reshape(q.shape())?;
+        let dkv = both.narrow(0, nq, kv.elem_count())?.reshape(kv.shape())?;
+        Ok((Some(dq), Some(dkv)))
+    }
+}
+
+struct CrossAttentionBackward {
+    bias: Tensor,
+    heads: usize,
+}
+
+impl CustomOp3 for CrossAttentionBackward {
+    fn name(&self) -> &'static str {
+        "wick-cross-attention-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let g = cross_geometry(l1.shape(), l2.shape(), self.heads)?;
+        let q = slice(s1, l1, "attention queries")?;
+        let kv = slice(s2, l2, "attention keys/values")?;
+        let go = slice(s3, l3, "attention output gradient")?;
+        let d = g.d();
+        let nq = g.b * g.tq * g.qw;
+        let mut both = vec![0f32; nq + g.b * g.tk * g.kvw];
+        let (dq_all, dkv_all) = both.split_at_mut(nq);
+        with_bias(&self.bias, &g, |bias| {
+            dq_all
+                .par_chunks_mut(g.tq * g.qw)
+                .zip(dkv_all.par_chunks_mut(g.tk * g.kvw))
+                .enumerate()
+                .for_each_init(Scratch::default, |s, (n, (dq, dkv))| {
+                    let q = &q[n * g.tq * g.qw..][..g.tq * g.qw];
+                    let kv = &kv[n * g.tk * g.kvw..][..g.tk * g.kvw];
+                    let go = &go[n * g.tq * d..][..g.tq * d];
+                    backward_sentence(&g, q, kv, &bias, n, go, s);
+                    scatter(dq, g.qw, g.q_col, &s.dq, d);
+                    scatter(dkv, g.kvw, g.k_col, &s.dk, d);
+                    scatter(dkv, g.kvw, g.v_col, &s.dv, d);
+                });
+            Ok(())
+        })?;
+        Ok((CpuStorage::F32(both), Shape::from(nq + g.b * g.tk * g.kvw)))
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Entry points.
+
+fn use_kernel(xs: &Tensor, bias: &Tensor) -> bool {
+    xs.device().is_cpu() && xs.dtype() == DType::F32 && bias.dtype() == DType::F32
+}
+
+/// Multi-head self-attention from a packed projection.
+///
+/// # Shapes
+/// qkv `(b, t, 3·d)` (Q, K, V side by side), bias `(1|b, 1, 1|t, t)` → `(b, t, d)`, heads
+/// merged.
+pub fn self_attention(qkv: &Tensor, bias: &Tensor, heads: usize) -> Result<Tensor> {
+    if !use_kernel(qkv, bias) {
+        return self_attention_reference(qkv, bias, heads);
+    }
+    qkv.contiguous()?.apply_op1(SelfAttention {
+        bias: bias.contiguous()?,
+        heads,
+    })
+}
+
+/// Multi-head attention from queries to a packed key/value projection. Only the first `d`
+/// columns of `q` are read, so a packed QKV row can serve as the query of a decoding step.
+///
+/// # Shapes
+/// q `(b, tq, w ≥ d)`, kv `(b, tk, 2·d)` (K, V side by side), bias `(1|b, 1, 1|tq, tk)` →
+/// `(b, tq, d)`.
+pub fn cross_attention(q: &Tensor, kv: &Tensor, bias: &Tensor, heads: usize) -> Result<Tensor> {
+    if !use_kernel(q, bias) || !kv.device().is_cpu() || kv.dtype() != DType::F32 {
+        return cross_attention_reference(q, kv, bias, heads);
+    }
+    q.contiguous()?.apply_op2(
+        &kv.contiguous()?,
+        CrossAttention {
+            bias: bias.contiguous()?,
+            heads,
+        },
+    )
+}
+
+/// `(b, t, ·)` columns `col..col + d` → `(b, h, t, d/h)`.
+fn heads_of(xs: &Tensor, col: usize, d: usize, heads: usize) -> Result<Tensor> {
+    let (b, t, _) = xs.dims3()?;
+    xs.narrow(D::Minus1, col, d)?
+        .reshape((b, t, heads, d / heads))?
+        .transpose(1, 2)?
+        .contiguous()
+}
+
+/// The composed path: output `(b, tq, d)` and probabilities `(b, h, tq, tk)` from Candle
+/// ops, for attention maps, attention dropout (`on_probs` is applied to the probabilities
+/// before they weight V) and devices without the kernel.
+pub fn attention_with_probs(
+    q: &Tensor,
+    kv: &Tensor,
+    bias: &Tensor,
+    heads: usize,
+    on_probs: impl FnOnce(&Tensor) -> Result<Tensor>,
+) -> Result<(Tensor, Tensor)> {
+    let d = kv.dim(D::Minus1)? / 2;
+    let (b, tq, _) = q.dims3()?;
+    let qh = heads_of(q, 0, d, heads)?;
+    let kh = heads_of(kv, 0, d, heads)?;
+    let vh = heads_of(kv, d, d, heads)?;
+    // Scaling q is cheaper than scaling the scores.
+    let qh = (qh * ((d / heads) as f64).powf(-0.5))?;
+    let scores = qh.matmul(&kh.t()?)?.broadcast_add(bias)?; // (b, h, tq, tk)
+    let probs = crate::ops::softmax_last_dim(&scores)?;
+    let out = on_probs(&probs)?.matmul(&vh)?; // (b, h, tq, dk)
+    let out = out.transpose(1, 2)?.reshape((b, tq, d))?; // reshape copies the transposed layout
+    Ok((out, probs))
+}
+
+/// [`cross_attention`] composed from Candle ops.
+pub fn cross_attention_reference(
+    q: &Tensor,
+    kv: &Tensor,
+    bias: &Tensor,
+    heads: usize,
+) -> Result<Tensor> {
+    Ok(attention_with_probs(q, kv, bias, heads, |p| Ok(p.clone()))?.0)
+}
+
+/// [`self_attention`] composed from Candle ops.
+pub fn self_attention_reference(qkv: &Tensor, bias: &Tensor, heads: usize) -> Result<Tensor> {
+    let d = qkv.dim(D::Minus1)? / 3;
+    cross_attention_reference(
+        &qkv.narrow(D::Minus1, 0, d)?,
+        &qkv.narrow(D::Minus1, d, 2 * d)?,
+        bias,
+        heads,
+    )
+}
