@@ -169,12 +169,12 @@ fn fused_attention_matches_reference() -> Result<()> {
         for bias in [padding_bias(&pad, t)?, causal_bias(t, &Device::Cpu)?] {
             let (y, g) = value_and_grads(
                 |x| fa::self_attention(&x[0], &bias, heads),
-                &[qkv.clone()],
+                std::slice::from_ref(&qkv),
                 seed,
             )?;
             let (yr, gr) = value_and_grads(
                 |x| fa::self_attention_reference(&x[0], &bias, heads),
-                &[qkv.clone()],
+                std::slice::from_ref(&qkv),
                 seed,
             )?;
             assert_eq!(y.dims(), &[b, t, d]);
