@@ -1,9 +1,104 @@
 //! Affine layer `y = x·Wᵀ + b` with Xavier-uniform weights and zero bias.
+//!
+//! On the CPU in f32 the layer is one autograd node: a custom op that calls the `gemm`
+//! kernel (the one Candle's matmul uses) with the bias pre-loaded into the output, and whose
+//! backward is three tensor ops (dX = dY·W, dW = dYᵀ·X, db = Σ dY). Composed from Candle ops
+//! it is five nodes (reshape, transpose, matmul, broadcast add, reshape), each of which costs a
+//! zeroed gradient buffer and an addition in backward. [`Linear::forward_reference`] is the
+//! composed form the tests hold the op to.
 
-use candle_core::{Module, Result, Tensor};
+use candle_core::{CpuStorage, CustomOp3, DType, Layout, Module, Result, Shape, Tensor};
 use candle_nn::{Init, VarBuilder};
 
 use crate::init::xavier_uniform;
+use crate::ops::slice;
+
+/// `y = x·Wᵀ + b` over the rows of x, any rank: x `(…, in)`, W `(out, in)`, b `(out,)`.
+struct AffineOp;
+
+impl CustomOp3 for AffineOp {
+    fn name(&self) -> &'static str {
+        "wick-linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        sx: &CpuStorage,
+        lx: &Layout,
+        sw: &CpuStorage,
+        lw: &Layout,
+        sb: &CpuStorage,
+        lb: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = slice(sx, lx, "linear input")?;
+        let w = slice(sw, lw, "linear weight")?;
+        let b = slice(sb, lb, "linear bias")?;
+        let (d_out, d_in) = lw.shape().dims2()?;
+        let rows = x.len() / d_in;
+        let mut y = Vec::with_capacity(rows * d_out);
+        for _ in 0..rows {
+            y.extend_from_slice(b);
+        }
+        let threads = candle_core::utils::get_num_threads();
+        let parallelism = if threads > 1 {
+            gemm::Parallelism::Rayon(threads)
+        } else {
+            gemm::Parallelism::None
+        };
+        // SAFETY: y is rows × d_out, x rows × d_in and w d_out × d_in, all row-major and
+        // exactly that long (checked by the callers' shapes); the strides below stay inside
+        // them. Wᵀ is read through W's strides (column stride d_in, row stride 1).
+        unsafe {
+            gemm::gemm(
+                rows,
+                d_out,
+                d_in,
+                y.as_mut_ptr(),
+                1,
+                d_out as isize,
+                true, // y = 1·y + 1·x·Wᵀ, with y holding the bias
+                x.as_ptr(),
+                1,
+                d_in as isize,
+                w.as_ptr(),
+                d_in as isize,
+                1,
+                1.0,
+                1.0,
+                false,
+                false,
+                false,
+                parallelism,
+            );
+        }
+        let mut dims = lx.shape().dims().to_vec();
+        if let Some(last) = dims.last_mut() {
+            *last = d_out;
+        }
+        Ok((CpuStorage::F32(y), Shape::from(dims)))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _b: &Tensor,
+        _y: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        // Detached: gradients must not carry a graph, or anything built from them (the
+        // optimizer's moments) would keep every step's activations alive.
+        let (x, w) = (x.detach(), w.detach());
+        let (d_out, d_in) = w.dims2()?;
+        let rows = x.elem_count() / d_in;
+        let g = grad.detach().reshape((rows, d_out))?; // (rows, out)
+        let x2 = x.reshape((rows, d_in))?; // (rows, in)
+        let dx = g.matmul(&w)?.reshape(x.shape())?;
+        let dw = g.t()?.matmul(&x2)?; // (out, in)
+        let db = g.sum(0)?;
+        Ok((Some(dx), Some(dw), Some(db)))
+    }
+}
 
 #[derive(Clone, Debug)]
 pub struct Linear {
@@ -29,10 +124,10 @@ impl Linear {
     }
 }
 
-impl Module for Linear {
-    /// # Shapes
-    /// `(…, in)` → `(…, out)`; leading dims are flattened into one matmul.
-    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+impl Linear {
+    /// The layer composed from Candle ops (devices without the op, layers without a bias, and
+    /// the tests).
+    pub fn forward_reference(&self, xs: &Tensor) -> Result<Tensor> {
         let (d_out, d_in) = self.weight.dims2()?;
         let dims = xs.dims().to_vec();
         if dims.last() != Some(&d_in) {
@@ -49,5 +144,21 @@ impl Module for Linear {
         let last = out_dims.len() - 1;
         out_dims[last] = d_out;
         y.reshape(out_dims)
+    }
+}
+
+impl Module for Linear {
+    /// # Shapes
+    /// `(…, in)` → `(…, out)`; leading dims are flattened into one matmul.
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        let (_, d_in) = self.weight.dims2()?;
+        let fused = xs.device().is_cpu()
+            && xs.dtype() == DType::F32
+            && self.weight.dtype() == DType::F32
+            && xs.dims().last() == Some(&d_in);
+        match &self.bias {
+            Some(b) if fused => xs.contiguous()?.apply_op3(&self.weight, b, AffineOp),
+            _ => self.forward_reference(xs),
+        }
     }
 }

@@ -236,3 +236,59 @@ fn fused_attention_matches_reference() -> Result<()> {
     assert_eq!(max_diff(&real(&y)?, &real(&y2)?)?, 0.0);
     Ok(())
 }
+
+#[test]
+fn fused_linear_matches_reference() -> Result<()> {
+    use candle_core::Module;
+    use candle_nn::{VarBuilder, VarMap};
+    use wick_model::linear::Linear;
+    for (shape, d_out, seed) in [
+        (vec![5, 7], 3, 1),
+        (vec![4, 6, 16], 48, 2),
+        (vec![64, 24, 128], 512, 3),
+    ] {
+        let d_in = *shape.last().unwrap();
+        let map = VarMap::new();
+        let layer = Linear::new(
+            d_in,
+            d_out,
+            true,
+            VarBuilder::from_varmap(&map, DType::F32, &Device::Cpu),
+        )?;
+        for (name, var) in map.data().lock().unwrap().iter() {
+            var.set(&randn(var.dims(), seed + name.len() as u64)?)?;
+        }
+        let params: Vec<Tensor> = {
+            let data = map.data().lock().unwrap();
+            vec![
+                data["weight"].as_tensor().clone(),
+                data["bias"].as_tensor().clone(),
+            ]
+        };
+        let x = Var::from_tensor(&randn(&shape, seed + 7)?)?;
+        let probe = randn(&[&shape[..shape.len() - 1], &[d_out]].concat(), seed + 8)?;
+        let run = |f: &dyn Fn(&Tensor) -> Result<Tensor>| -> Result<(Tensor, Vec<Tensor>)> {
+            let y = f(x.as_tensor())?;
+            let g = (&y * &probe)?.sum_all()?.backward()?;
+            let grads = [x.as_tensor(), &params[0], &params[1]]
+                .iter()
+                .map(|t| g.get(t).unwrap().clone())
+                .collect();
+            Ok((y, grads))
+        };
+        let (y, g) = run(&|x| layer.forward(x))?;
+        let (yr, gr) = run(&|x| layer.forward_reference(x))?;
+        assert_eq!(y.dims(), yr.dims());
+        let scale = (d_in as f32).sqrt();
+        assert!(max_diff(&y, &yr)? < 1e-5 * scale * 4.0, "forward {shape:?}");
+        for (a, b) in g.iter().zip(&gr) {
+            let tol = 1e-4 * (a.elem_count() as f32).sqrt().max(1.0);
+            assert!(
+                max_diff(a, b)? < tol,
+                "backward {shape:?}: {}",
+                max_diff(a, b)?
+            );
+        }
+    }
+    Ok(())
+}

@@ -73,6 +73,10 @@ pub struct BenchReport {
     pub ms_per_step: f64,
     pub ms_per_step_min: f64,
     pub ms_per_step_max: f64,
+    /// Medians of the step's parts: forward and loss, backward, clipping and AdamW.
+    pub forward_ms: f64,
+    pub backward_ms: f64,
+    pub update_ms: f64,
     pub tgt_tokens_per_s: f64,
     /// Matmul FLOPs of forward + backward, per second.
     pub gflops: f64,
@@ -120,13 +124,16 @@ pub fn bench_train(req: BenchRequest) -> Result<BenchReport> {
     let src_mask = Tensor::ones((b, s), DType::F32, &req.device)?;
     let tgt_mask = Tensor::ones((b, t), DType::F32, &req.device)?;
     let mut times = Vec::new();
+    let (mut fwd, mut bwd, mut upd) = (Vec::new(), Vec::new(), Vec::new());
     for i in 0..req.warmup + req.steps {
         let start = Instant::now();
         let memory = model.encode(&src, &src_mask, true)?;
         let logits = model.forward_t(&memory, &tgt_in, true)?;
         let sums = label_smoothed_cross_entropy(&logits, &tgt_out, &tgt_mask, 0.1)?;
         let loss = (sums.smoothed / (b * t) as f64)?;
+        let forward_done = Instant::now();
         let grads = loss.backward()?;
+        let backward_done = Instant::now();
         let norm = opt.grad_norm(&grads)?;
         let scale = if norm > 1.0 { 1.0 / norm } else { 1.0 };
         opt.step(&grads, 1e-4, scale)?;
@@ -134,9 +141,17 @@ pub fn bench_train(req: BenchRequest) -> Result<BenchReport> {
         // device has finished the step before the clock stops.
         loss.to_scalar::<f32>()?;
         if i >= req.warmup {
-            times.push(start.elapsed().as_secs_f64());
+            let end = Instant::now();
+            times.push((end - start).as_secs_f64());
+            fwd.push((forward_done - start).as_secs_f64());
+            bwd.push((backward_done - forward_done).as_secs_f64());
+            upd.push((end - backward_done).as_secs_f64());
         }
     }
+    let median_ms = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2] * 1e3
+    };
     times.sort_by(f64::total_cmp);
     let median = times[times.len() / 2];
     let flops = 3.0 * forward_flops(&req.model, req.vocab, b, s, t);
@@ -150,6 +165,9 @@ pub fn bench_train(req: BenchRequest) -> Result<BenchReport> {
         ms_per_step: median * 1e3,
         ms_per_step_min: times[0] * 1e3,
         ms_per_step_max: times[times.len() - 1] * 1e3,
+        forward_ms: median_ms(&mut fwd),
+        backward_ms: median_ms(&mut bwd),
+        update_ms: median_ms(&mut upd),
         tgt_tokens_per_s: (b * t) as f64 / median,
         gflops: flops / median / 1e9,
         peak_rss_mb: peak,

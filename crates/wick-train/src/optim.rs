@@ -91,10 +91,12 @@ impl AdamW {
             let Some(g) = grads.get(p.var.as_tensor()) else {
                 continue;
             };
+            // Detached so that the moments never hold a reference to this step's graph.
+            let g = g.detach();
             let g = if grad_scale != 1.0 {
                 (g * grad_scale)?
             } else {
-                g.clone()
+                g
             };
             p.m = ((&p.m * self.beta1)? + (&g * (1.0 - self.beta1))?)?;
             p.v = ((&p.v * self.beta2)? + (g.sqr()? * (1.0 - self.beta2))?)?;
