@@ -31,7 +31,7 @@ impl FeedForward {
     /// # Shapes
     /// `(b, t, d)` → `(b, t, d)`
     pub fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
-        let hidden = self.fc1.forward(xs)?.relu()?; // (b, t, d_ff)
+        let hidden = self.fc1.forward_relu(xs)?; // (b, t, d_ff)
         self.fc2.forward(&self.dropout.forward_t(&hidden, train)?)
     }
 }

@@ -21,7 +21,7 @@ use candle_core::{
 };
 use rayon::prelude::*;
 
-use crate::ops::slice;
+use crate::ops::{fast_exp, slice};
 
 /// Shapes of one call: `b` sentences, `tq` queries, `tk` keys, and where Q, K and V sit in
 /// their row-major buffers (row widths `qw`, `kvw`; first columns `q_col`, `k_col`, `v_col`).
@@ -142,7 +142,7 @@ fn probs(
         }
         let mut sum = 0.0;
         for s in row.iter_mut() {
-            *s = (*s - max).exp();
+            *s = fast_exp(*s - max);
             sum += *s;
         }
         let inv = 1.0 / sum;

@@ -4,17 +4,47 @@
 //! kernel (the one Candle's matmul uses) with the bias pre-loaded into the output, and whose
 //! backward is three tensor ops (dX = dY·W, dW = dYᵀ·X, db = Σ dY). Composed from Candle ops
 //! it is five nodes (reshape, transpose, matmul, broadcast add, reshape), each of which costs a
-//! zeroed gradient buffer and an addition in backward. [`Linear::forward_reference`] is the
-//! composed form the tests hold the op to.
+//! zeroed gradient buffer and an addition in backward. [`Linear::forward_relu`] folds the
+//! feed-forward ReLU into the same node (applied in place forward, a mask on dY backward).
+//! [`Linear::forward_reference`] is the composed form the tests hold the op to.
 
-use candle_core::{CpuStorage, CustomOp3, DType, Layout, Module, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Module, Result, Shape, Tensor};
 use candle_nn::{Init, VarBuilder};
 
 use crate::init::xavier_uniform;
 use crate::ops::slice;
 
-/// `y = x·Wᵀ + b` over the rows of x, any rank: x `(…, in)`, W `(out, in)`, b `(out,)`.
-struct AffineOp;
+/// `y = x·Wᵀ + b` (then `max(y, 0)` with `relu`) over the rows of x, any rank: x `(…, in)`,
+/// W `(out, in)`, b `(out,)`.
+struct AffineOp {
+    relu: bool,
+}
+
+/// The ReLU's backward: dY where the (rectified) output is positive, else 0.
+struct ReluMask;
+
+impl CustomOp2 for ReluMask {
+    fn name(&self) -> &'static str {
+        "wick-relu-mask"
+    }
+
+    fn cpu_fwd(
+        &self,
+        sy: &CpuStorage,
+        ly: &Layout,
+        sg: &CpuStorage,
+        lg: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let y = slice(sy, ly, "relu output")?;
+        let g = slice(sg, lg, "relu gradient")?;
+        let out = y
+            .iter()
+            .zip(g)
+            .map(|(&y, &g)| if y > 0.0 { g } else { 0.0 })
+            .collect();
+        Ok((CpuStorage::F32(out), ly.shape().clone()))
+    }
+}
 
 impl CustomOp3 for AffineOp {
     fn name(&self) -> &'static str {
@@ -71,6 +101,11 @@ impl CustomOp3 for AffineOp {
                 parallelism,
             );
         }
+        if self.relu {
+            for v in &mut y {
+                *v = v.max(0.0);
+            }
+        }
         let mut dims = lx.shape().dims().to_vec();
         if let Some(last) = dims.last_mut() {
             *last = d_out;
@@ -83,7 +118,7 @@ impl CustomOp3 for AffineOp {
         x: &Tensor,
         w: &Tensor,
         _b: &Tensor,
-        _y: &Tensor,
+        y: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         // Detached: gradients must not carry a graph, or anything built from them (the
@@ -91,7 +126,13 @@ impl CustomOp3 for AffineOp {
         let (x, w) = (x.detach(), w.detach());
         let (d_out, d_in) = w.dims2()?;
         let rows = x.elem_count() / d_in;
-        let g = grad.detach().reshape((rows, d_out))?; // (rows, out)
+        let grad = if self.relu {
+            y.detach()
+                .apply_op2_no_bwd(&grad.contiguous()?, &ReluMask)?
+        } else {
+            grad.detach()
+        };
+        let g = grad.reshape((rows, d_out))?; // (rows, out)
         let x2 = x.reshape((rows, d_in))?; // (rows, in)
         let dx = g.matmul(&w)?.reshape(x.shape())?;
         let dw = g.t()?.matmul(&x2)?; // (out, in)
@@ -147,18 +188,35 @@ impl Linear {
     }
 }
 
-impl Module for Linear {
-    /// # Shapes
-    /// `(…, in)` → `(…, out)`; leading dims are flattened into one matmul.
-    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+impl Linear {
+    fn forward_op(&self, xs: &Tensor, relu: bool) -> Result<Tensor> {
         let (_, d_in) = self.weight.dims2()?;
         let fused = xs.device().is_cpu()
             && xs.dtype() == DType::F32
             && self.weight.dtype() == DType::F32
             && xs.dims().last() == Some(&d_in);
         match &self.bias {
-            Some(b) if fused => xs.contiguous()?.apply_op3(&self.weight, b, AffineOp),
+            Some(b) if fused => xs
+                .contiguous()?
+                .apply_op3(&self.weight, b, AffineOp { relu }),
+            _ if relu => self.forward_reference(xs)?.relu(),
             _ => self.forward_reference(xs),
         }
+    }
+
+    /// `max(x·Wᵀ + b, 0)`, one autograd node on the CPU.
+    ///
+    /// # Shapes
+    /// `(…, in)` → `(…, out)`
+    pub fn forward_relu(&self, xs: &Tensor) -> Result<Tensor> {
+        self.forward_op(xs, true)
+    }
+}
+
+impl Module for Linear {
+    /// # Shapes
+    /// `(…, in)` → `(…, out)`; leading dims are flattened into one matmul.
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        self.forward_op(xs, false)
     }
 }
