@@ -484,6 +484,243 @@ pub fn label_smoothed_cross_entropy(
     ))
 }
 
+/// `dst` `(m, n)` row-major = A·B (`+= ` with `accumulate`), A `(m, k)` and B `(k, n)` read
+/// through (row, column) strides, on the `gemm` kernel Candle's own matmul uses.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gemm_into(
+    dst: &mut [f32],
+    (m, n, k): (usize, usize, usize),
+    a: &[f32],
+    (a_rs, a_cs): (usize, usize),
+    b: &[f32],
+    (b_rs, b_cs): (usize, usize),
+    accumulate: bool,
+) -> Result<()> {
+    let reach = |rs: usize, cs: usize, rows: usize, cols: usize| {
+        if rows == 0 || cols == 0 {
+            0
+        } else {
+            (rows - 1) * rs + (cols - 1) * cs + 1
+        }
+    };
+    if dst.len() < m * n || a.len() < reach(a_rs, a_cs, m, k) || b.len() < reach(b_rs, b_cs, k, n) {
+        bail!("gemm: buffers too small for ({m}×{k})·({k}×{n})")
+    }
+    let threads = candle_core::utils::get_num_threads();
+    let parallelism = if threads > 1 {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: the lengths were checked above against every index the strides reach.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            a.as_ptr(),
+            a_cs as isize,
+            a_rs as isize,
+            b.as_ptr(),
+            b_cs as isize,
+            b_rs as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// Output projection and label-smoothed cross-entropy in one op.
+
+/// `[smoothed, nll, correct]` per row of `hidden·Wᵀ` without the logits ever becoming a
+/// tensor. Forward keeps the softmax probabilities `(n, V)` for backward (in place of the
+/// logits a composed graph would keep), so backward needs no exponentials and turns them
+/// into dlogits in place; the two gradient matmuls follow. Composed, the same step builds
+/// and accumulates three `(n, V)` gradients (loss, reshape, matmul), the largest tensors of a
+/// small model's step.
+struct ProjectedCrossEntropy {
+    epsilon: f32,
+    probs: std::sync::Mutex<Option<Vec<f32>>>,
+}
+
+impl ProjectedCrossEntropy {
+    /// Probabilities `(n, V)` and the per-row `[smoothed, nll, correct]` `(n, 3)`.
+    fn compute(
+        &self,
+        h: &[f32],
+        w: &[f32],
+        y: &[u32],
+        n: usize,
+        d: usize,
+        v: usize,
+    ) -> Result<(Vec<f32>, Vec<f32>)> {
+        let mut probs = vec![0f32; n * v];
+        gemm_into(&mut probs, (n, v, d), h, (d, 1), w, (1, d), false)?; // logits
+        let mut out = vec![0f32; n * 3];
+        let eps = self.epsilon;
+        probs
+            .par_chunks_mut(v)
+            .zip(out.par_chunks_mut(3))
+            .enumerate()
+            .for_each_init(Vec::new, |scratch: &mut Vec<f32>, (i, (row, o))| {
+                let (mut max, mut arg) = (f32::NEG_INFINITY, 0usize);
+                for (j, &x) in row.iter().enumerate() {
+                    if x > max {
+                        max = x;
+                        arg = j;
+                    }
+                }
+                let mean_x = row.iter().sum::<f32>() / v as f32;
+                let target = y[i] as usize;
+                let x_target = row[target];
+                scratch.resize(v, 0.0);
+                let sum = exp_shifted(scratch, row, max);
+                let lse = max + sum.ln();
+                let inv = 1.0 / sum;
+                for (p, &e) in row.iter_mut().zip(scratch.iter()) {
+                    *p = e * inv;
+                }
+                let nll = lse - x_target;
+                o[0] = (1.0 - eps) * nll + eps * (lse - mean_x);
+                o[1] = nll;
+                o[2] = if arg == target { 1.0 } else { 0.0 };
+            });
+        Ok((probs, out))
+    }
+}
+
+impl CustomOp3 for ProjectedCrossEntropy {
+    fn name(&self) -> &'static str {
+        "wick-projected-label-smoothed-ce"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let h = slice(s1, l1, "cross-entropy hidden states")?;
+        let w = slice(s2, l2, "output projection")?;
+        let y = slice_u32(s3, l3, "cross-entropy targets")?;
+        let (n, d) = l1.shape().dims2()?;
+        let (v, _) = l2.shape().dims2()?;
+        if let Some(&bad) = y.iter().find(|&&t| t as usize >= v) {
+            bail!("cross-entropy: target id {bad} outside a vocabulary of {v}")
+        }
+        let (probs, out) = self.compute(h, w, y, n, d, v)?;
+        *self
+            .probs
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("poisoned".into()))? = Some(probs);
+        Ok((CpuStorage::F32(out), Shape::from((n, 3))))
+    }
+
+    fn bwd(
+        &self,
+        hidden: &Tensor,
+        weight: &Tensor,
+        target: &Tensor,
+        _res: &Tensor,
+        grad_res: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (n, d) = hidden.dims2()?;
+        let (v, _) = weight.dims2()?;
+        let h = hidden.detach().flatten_all()?.to_vec1::<f32>()?;
+        let w = weight.detach().flatten_all()?.to_vec1::<f32>()?;
+        let y = target.flatten_all()?.to_vec1::<u32>()?;
+        let g = grad_res.narrow(1, 0, 1)?.flatten_all()?.to_vec1::<f32>()?; // (n,)
+        let kept = self
+            .probs
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("poisoned".into()))?
+            .take();
+        // A second backward through the same graph finds the buffer gone and recomputes it.
+        let mut dlogits = match kept {
+            Some(p) => p,
+            None => self.compute(&h, &w, &y, n, d, v)?.0,
+        };
+        let uniform = self.epsilon / v as f32;
+        let on_target = 1.0 - self.epsilon;
+        dlogits.par_chunks_mut(v).enumerate().for_each(|(i, row)| {
+            let gi = g[i];
+            if gi == 0.0 {
+                row.fill(0.0); // padded position
+                return;
+            }
+            for p in row.iter_mut() {
+                *p = gi * (*p - uniform);
+            }
+            row[y[i] as usize] -= gi * on_target;
+        });
+        let mut dh = vec![0f32; n * d];
+        gemm_into(&mut dh, (n, d, v), &dlogits, (v, 1), &w, (d, 1), false)?; // dlogits·W
+        let mut dw = vec![0f32; v * d];
+        gemm_into(&mut dw, (v, d, n), &dlogits, (1, v), &h, (d, 1), false)?; // dlogitsᵀ·H
+        let dev = hidden.device();
+        Ok((
+            Some(Tensor::from_vec(dh, (n, d), dev)?),
+            Some(Tensor::from_vec(dw, (v, d), dev)?),
+            None,
+        ))
+    }
+}
+
+/// [`label_smoothed_cross_entropy`] of the logits `hidden·Wᵀ`, without materialising them.
+///
+/// # Shapes
+/// hidden `(n, d)`, weight `(V, d)`, target `(n,)` u32 → `(smoothed, nll, correct)`, `(n,)`
+/// each; only `smoothed` carries a gradient (to `hidden` and `weight`).
+pub fn projected_cross_entropy(
+    hidden: &Tensor,
+    weight: &Tensor,
+    target: &Tensor,
+    epsilon: f64,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    let (n, d) = hidden.dims2()?;
+    let (_, wd) = weight.dims2()?;
+    if target.dims() != [n] || wd != d {
+        bail!(
+            "cross-entropy: hidden {:?}, output weight {:?} and targets {:?} do not match",
+            hidden.dims(),
+            weight.dims(),
+            target.dims()
+        )
+    }
+    if !use_kernel(hidden) || weight.dtype() != DType::F32 {
+        let logits = hidden.matmul(&weight.t()?)?;
+        return label_smoothed_cross_entropy(&logits, target, epsilon);
+    }
+    let out = hidden.contiguous()?.apply_op3(
+        &weight.contiguous()?,
+        &target.contiguous()?,
+        ProjectedCrossEntropy {
+            epsilon: epsilon as f32,
+            probs: std::sync::Mutex::new(None),
+        },
+    )?; // (n, 3)
+    let smoothed = out.narrow(1, 0, 1)?.squeeze(1)?;
+    let stats = out.detach();
+    Ok((
+        smoothed,
+        stats.narrow(1, 1, 1)?.squeeze(1)?,
+        stats.narrow(1, 2, 1)?.squeeze(1)?,
+    ))
+}
+
 pub fn label_smoothed_cross_entropy_reference(
     logits: &Tensor,
     target: &Tensor,

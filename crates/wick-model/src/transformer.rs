@@ -95,6 +95,20 @@ impl Transformer {
         &self.dropout_rng
     }
 
+    /// The output projection `(V, d)` (the shared embedding when tied): logits = hidden·Wᵀ.
+    pub fn output_weight(&self) -> &Tensor {
+        &self.output_weight
+    }
+
+    /// Teacher-forced decoder states before the output projection, for losses that fuse the
+    /// projection (`wick_model::ops::projected_cross_entropy`).
+    ///
+    /// # Shapes
+    /// tgt_in `(b, t)` u32 → hidden `(b, t, d)`.
+    pub fn hidden_t(&self, memory: &Memory, tgt_in: &Tensor, train: bool) -> Result<Tensor> {
+        Ok(self.decode_full(memory, tgt_in, false, train)?.hidden)
+    }
+
     /// # Shapes
     /// hidden `(b, t, d)` → logits `(b, t, V)`.
     pub fn project(&self, hidden: &Tensor) -> Result<Tensor> {

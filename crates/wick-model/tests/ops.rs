@@ -302,3 +302,58 @@ fn fused_linear_matches_reference() -> Result<()> {
     }
     Ok(())
 }
+
+#[test]
+fn projected_cross_entropy_matches_composed() -> Result<()> {
+    for (n, d, v, eps, seed) in [
+        (5, 4, 7, 0.1, 1),
+        (37, 16, 300, 0.0, 2),
+        (96, 32, 1000, 0.1, 3),
+    ] {
+        let hidden = randn(&[n, d], seed)?;
+        let weight = randn(&[v, d], seed + 1)?;
+        let target: Vec<u32> = (0..n)
+            .map(|i| ((i * 7 + seed as usize) % v) as u32)
+            .collect();
+        let target = Tensor::from_vec(target, n, &Device::Cpu)?;
+        // Padded rows have zero weight in the loss: their gradient must vanish.
+        let row_weight: Vec<f32> = (0..n).map(|i| if i % 5 == 4 { 0.0 } else { 1.0 }).collect();
+        let row_weight = Tensor::from_vec(row_weight, n, &Device::Cpu)?;
+        let run = |fused: bool| -> Result<(Vec<Tensor>, Vec<Tensor>)> {
+            let (h, w) = (Var::from_tensor(&hidden)?, Var::from_tensor(&weight)?);
+            let (s, nll, hits) = if fused {
+                ops::projected_cross_entropy(h.as_tensor(), w.as_tensor(), &target, eps)?
+            } else {
+                let logits = h.as_tensor().matmul(&w.as_tensor().t()?)?;
+                ops::label_smoothed_cross_entropy_reference(&logits, &target, eps)?
+            };
+            let grads = (&s * &row_weight)?.sum_all()?.backward()?;
+            Ok((
+                vec![s, nll, hits],
+                vec![
+                    grads.get(h.as_tensor()).unwrap().clone(),
+                    grads.get(w.as_tensor()).unwrap().clone(),
+                ],
+            ))
+        };
+        let (out, g) = run(true)?;
+        let (out_r, g_r) = run(false)?;
+        for (a, b) in out.iter().zip(&out_r) {
+            assert!(
+                max_diff(a, b)? < 1e-4,
+                "forward n={n} v={v}: {}",
+                max_diff(a, b)?
+            );
+        }
+        for (a, b) in g.iter().zip(&g_r) {
+            assert!(
+                max_diff(a, b)? < 1e-5,
+                "backward n={n} v={v}: {}",
+                max_diff(a, b)?
+            );
+        }
+        let padded = g[0].narrow(0, 4, 1)?.abs()?.sum_all()?.to_scalar::<f32>()?;
+        assert_eq!(padded, 0.0);
+    }
+    Ok(())
+}

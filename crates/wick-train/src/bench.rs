@@ -12,7 +12,7 @@ use wick_model::{
     VocabSizes,
 };
 
-use crate::loss::label_smoothed_cross_entropy;
+use crate::loss::projected_label_smoothed_cross_entropy;
 use crate::optim::AdamW;
 use crate::run::memory_mb;
 
@@ -128,8 +128,14 @@ pub fn bench_train(req: BenchRequest) -> Result<BenchReport> {
     for i in 0..req.warmup + req.steps {
         let start = Instant::now();
         let memory = model.encode(&src, &src_mask, true)?;
-        let logits = model.forward_t(&memory, &tgt_in, true)?;
-        let sums = label_smoothed_cross_entropy(&logits, &tgt_out, &tgt_mask, 0.1)?;
+        let hidden = model.hidden_t(&memory, &tgt_in, true)?;
+        let sums = projected_label_smoothed_cross_entropy(
+            &hidden,
+            model.output_weight(),
+            &tgt_out,
+            &tgt_mask,
+            0.1,
+        )?;
         let loss = (sums.smoothed / (b * t) as f64)?;
         let forward_done = Instant::now();
         let grads = loss.backward()?;

@@ -37,13 +37,48 @@ pub fn label_smoothed_cross_entropy(
     }
     let n = b * t;
     let logits = logits.reshape((n, v))?; // (n, V)
-    let target = target.reshape(n)?; // (n,)
-    let mask = mask.reshape(n)?; // (n,)
     let (per_token, nll, hits) =
-        wick_model::ops::label_smoothed_cross_entropy(&logits, &target, epsilon)?; // (n,) each
+        wick_model::ops::label_smoothed_cross_entropy(&logits, &target.reshape(n)?, epsilon)?;
+    masked_sums(per_token, nll, hits, &mask.reshape(n)?)
+}
+
+/// The same sums from the decoder states and the output projection, with the projection
+/// fused into the loss (the `(b, t, V)` logits are never a tensor; see
+/// `wick_model::ops::projected_cross_entropy`).
+///
+/// # Shapes
+/// hidden `(b, t, d)`, weight `(V, d)`, target `(b, t)` u32, mask `(b, t)` f32 → scalars.
+pub fn projected_label_smoothed_cross_entropy(
+    hidden: &Tensor,
+    weight: &Tensor,
+    target: &Tensor,
+    mask: &Tensor,
+    epsilon: f64,
+) -> Result<LossSums> {
+    let (b, t, d) = hidden.dims3()?;
+    if target.dims() != [b, t] || mask.dims() != [b, t] {
+        candle_core::bail!(
+            "loss: hidden {:?} does not match target {:?} / mask {:?}",
+            hidden.dims(),
+            target.dims(),
+            mask.dims()
+        )
+    }
+    let n = b * t;
+    let (per_token, nll, hits) = wick_model::ops::projected_cross_entropy(
+        &hidden.reshape((n, d))?,
+        weight,
+        &target.reshape(n)?,
+        epsilon,
+    )?;
+    masked_sums(per_token, nll, hits, &mask.reshape(n)?)
+}
+
+/// Sums of per-token `(n,)` values over the real tokens of `mask` `(n,)`.
+fn masked_sums(per_token: Tensor, nll: Tensor, hits: Tensor, mask: &Tensor) -> Result<LossSums> {
     Ok(LossSums {
-        smoothed: (per_token * &mask)?.sum_all()?,
-        nll: (nll * &mask)?.sum_all()?,
-        correct: (hits * &mask)?.sum_all()?,
+        smoothed: (per_token * mask)?.sum_all()?,
+        nll: (nll * mask)?.sum_all()?,
+        correct: (hits * mask)?.sum_all()?,
     })
 }

@@ -18,7 +18,7 @@ use wick_model::{DropoutRng, ParamStore, Seq2Seq, Transformer};
 
 use crate::checkpoint;
 use crate::config::{BestMetric, Config};
-use crate::loss::label_smoothed_cross_entropy;
+use crate::loss::projected_label_smoothed_cross_entropy;
 use crate::metrics::{BleuOptions, ChrfOptions, corpus_bleu, corpus_chrf};
 use crate::optim::AdamW;
 use crate::prepare::{
@@ -91,9 +91,10 @@ pub fn evaluate_loss(
         let refs: Vec<&Example> = rows.iter().map(|&i| &examples[i]).collect();
         let batch = Batch::new(&refs, SPECIALS, model.device())?;
         let memory = model.encode(&batch.source.src, &batch.source.src_mask, false)?;
-        let logits = model.forward_t(&memory, &batch.tgt_in, false)?;
-        let sums = label_smoothed_cross_entropy(
-            &logits,
+        let hidden = model.hidden_t(&memory, &batch.tgt_in, false)?;
+        let sums = projected_label_smoothed_cross_entropy(
+            &hidden,
+            model.output_weight(),
             &batch.tgt_out,
             &batch.tgt_mask,
             cfg.train.label_smoothing,
@@ -608,9 +609,10 @@ fn run_loop(tr: &mut Trainer, train: &[Example]) -> Result<TrainSummary> {
                 let memory = tr
                     .model
                     .encode(&batch.source.src, &batch.source.src_mask, true)?;
-                let logits = tr.model.forward_t(&memory, &batch.tgt_in, true)?;
-                let sums = label_smoothed_cross_entropy(
-                    &logits,
+                let hidden = tr.model.hidden_t(&memory, &batch.tgt_in, true)?;
+                let sums = projected_label_smoothed_cross_entropy(
+                    &hidden,
+                    tr.model.output_weight(),
                     &batch.tgt_out,
                     &batch.tgt_mask,
                     t.label_smoothing,
