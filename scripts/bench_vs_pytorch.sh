@@ -26,7 +26,9 @@ done
 
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
-cargo build --release --quiet -p wick-train
+# The whole workspace, as `cargo build --release` builds it: one package alone unifies
+# features differently and would rebuild Candle.
+cargo build --release --quiet
 wick="$root/target/release/wick"
 
 python="${TORCH_PYTHON:-}"

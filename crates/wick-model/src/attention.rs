@@ -54,8 +54,8 @@ impl SelfAttention {
         })
     }
 
-    /// Full-sequence self-attention. The fused kernel runs unless the probabilities are
-    /// wanted or attention dropout is active.
+    /// Full-sequence self-attention. The fused kernel runs (attention dropout included)
+    /// unless the probabilities are wanted.
     ///
     /// # Shapes
     /// xs `(b, t, d)`, bias `(1|b, 1, 1|t, t)` → `(b, t, d)` and, if `want_probs`, the
@@ -68,8 +68,9 @@ impl SelfAttention {
         want_probs: bool,
     ) -> Result<(Tensor, Option<Tensor>)> {
         let qkv = self.qkv_proj.forward(xs)?; // (b, t, 3d)
-        if !want_probs && !self.dropout.is_active(train) {
-            let out = self_attention(&qkv, bias, self.n_heads)?;
+        if !want_probs {
+            let dropout = train.then_some(&self.dropout);
+            let out = self_attention(&qkv, bias, self.n_heads, dropout)?;
             return Ok((self.out_proj.forward(&out)?, None));
         }
         let d = qkv.dim(D::Minus1)? / 3;
@@ -101,7 +102,7 @@ impl SelfAttention {
         };
         let no_mask = Tensor::zeros((1, 1, 1, kv.dim(1)?), kv.dtype(), kv.device())?;
         // The packed QKV row serves as the query: the kernel reads its first d columns.
-        let out = cross_attention(&qkv, &kv, &no_mask, self.n_heads)?;
+        let out = cross_attention(&qkv, &kv, &no_mask, self.n_heads, None)?;
         *cache = Some(KvCache { kv });
         self.out_proj.forward(&out)
     }
@@ -155,8 +156,9 @@ impl CrossAttention {
         want_probs: bool,
     ) -> Result<(Tensor, Option<Tensor>)> {
         let q = self.q_proj.forward(xs)?; // (b, t, d)
-        if !want_probs && !self.dropout.is_active(train) {
-            let out = cross_attention(&q, &memory_kv.kv, bias, self.n_heads)?;
+        if !want_probs {
+            let dropout = train.then_some(&self.dropout);
+            let out = cross_attention(&q, &memory_kv.kv, bias, self.n_heads, dropout)?;
             return Ok((self.out_proj.forward(&out)?, None));
         }
         let (out, probs) = attention_with_probs(&q, &memory_kv.kv, bias, self.n_heads, |p| {

@@ -63,6 +63,12 @@ impl Dropout {
         Self { p, rng }
     }
 
+    /// The next `n` mask values, `0` or `1/(1-p)`: exactly what [`Dropout::forward_t`] would
+    /// multiply an `n`-element tensor by (fused kernels apply it themselves).
+    pub fn draw_mask(&self, n: usize) -> Result<Vec<f32>> {
+        self.rng.mask(n, self.p)
+    }
+
     /// Whether [`Dropout::forward_t`] changes anything in this mode.
     pub fn is_active(&self, train: bool) -> bool {
         train && self.p > 0.0

@@ -19,7 +19,11 @@ use candle_core::{
     CpuStorage, CustomOp1, CustomOp2, CustomOp3, D, DType, Layout, Result, Shape, Storage, Tensor,
     bail,
 };
+use std::sync::Arc;
+
 use rayon::prelude::*;
+
+use crate::dropout::Dropout;
 
 use crate::ops::{fast_exp, slice};
 
@@ -152,19 +156,27 @@ fn probs(
     }
 }
 
-/// Output rows `(tq, d)` of one sentence, heads merged.
+/// Output rows `(tq, d)` of one sentence, heads merged; `mask` is the sentence's attention
+/// dropout mask `(h, tq, tk)` (`0` or `1/(1-p)`), applied to the probabilities.
+#[allow(clippy::too_many_arguments)]
 fn forward_sentence(
     g: &Geometry,
     q: &[f32],
     kv: &[f32],
     bias: &Bias,
     sentence: usize,
+    mask: Option<&[f32]>,
     out: &mut [f32],
     p: &mut [f32],
 ) {
     let d = g.d();
     for h in 0..g.heads {
         probs(g, q, kv, bias, sentence, h, p);
+        if let Some(m) = mask {
+            for (p, m) in p.iter_mut().zip(&m[h * g.tq * g.tk..][..g.tq * g.tk]) {
+                *p *= m;
+            }
+        }
         for i in 0..g.tq {
             let o = &mut out[i * d + h * g.dk..][..g.dk];
             o.fill(0.0);
@@ -189,14 +201,17 @@ struct Scratch {
 }
 
 /// Gradients of one sentence's Q `(tq, d)`, K and V `(tk, d)` into `s.dq`, `s.dk`, `s.dv`,
-/// given the output gradient `go` `(tq, d)`:
-/// dV = Pᵀ·dO, dP = dO·Vᵀ, dS = P ∘ (dP − rowsum(P ∘ dP)), dQ = dS·K/√d_k, dK = dSᵀ·Q/√d_k.
+/// given the output gradient `go` `(tq, d)`. With dropout mask M (1 without dropout):
+/// dV = (P∘M)ᵀ·dO, dP = (dO·Vᵀ)∘M, dS = P ∘ (dP − rowsum(P ∘ dP)), dQ = dS·K/√d_k,
+/// dK = dSᵀ·Q/√d_k.
+#[allow(clippy::too_many_arguments)]
 fn backward_sentence(
     g: &Geometry,
     q: &[f32],
     kv: &[f32],
     bias: &Bias,
     sentence: usize,
+    mask: Option<&[f32]>,
     go: &[f32],
     s: &mut Scratch,
 ) {
@@ -213,17 +228,19 @@ fn backward_sentence(
     for h in 0..g.heads {
         let off = h * dk;
         probs(g, q, kv, bias, sentence, h, &mut s.p);
+        let m = mask.map(|m| &m[h * tq * tk..][..tq * tk]);
         for i in 0..tq {
             let goi = &go[i * d + off..][..dk];
             let mut row = 0.0;
             for j in 0..tk {
                 let pij = s.p[i * tk + j];
+                let mij = m.map_or(1.0, |m| m[i * tk + j]);
                 let vj = &kv[j * g.kvw + g.v_col + off..][..dk];
-                let dpij = dot(goi, vj);
+                let dpij = dot(goi, vj) * mij;
                 s.dp[i * tk + j] = dpij;
                 row += pij * dpij;
-                if pij != 0.0 {
-                    axpy(&mut s.dv[j * d + off..][..dk], pij, goi);
+                if pij * mij != 0.0 {
+                    axpy(&mut s.dv[j * d + off..][..dk], pij * mij, goi);
                 }
             }
             for j in 0..tk {
@@ -254,6 +271,14 @@ fn scatter(dst: &mut [f32], width: usize, col: usize, src: &[f32], d: usize) {
 struct SelfAttention {
     bias: Tensor,
     heads: usize,
+    /// Attention dropout mask `(b, h, t, t)`, shared with the backward op.
+    mask: Option<Arc<Vec<f32>>>,
+}
+
+/// The mask rows of sentence `n`: `heads · tq · tk` values.
+fn sentence_mask<'a>(mask: &'a Option<Arc<Vec<f32>>>, g: &Geometry, n: usize) -> Option<&'a [f32]> {
+    let len = g.heads * g.tq * g.tk;
+    mask.as_ref().map(|m| &m[n * len..][..len])
 }
 
 fn self_geometry(shape: &Shape, heads: usize) -> Result<Geometry> {
@@ -294,7 +319,8 @@ impl CustomOp1 for SelfAttention {
                 .for_each_init(Vec::new, |p, (n, out)| {
                     p.resize(g.tq * g.tk, 0.0);
                     let rows = &qkv[n * g.tq * g.qw..][..g.tq * g.qw];
-                    forward_sentence(&g, rows, rows, &bias, n, out, p);
+                    let mask = sentence_mask(&self.mask, &g, n);
+                    forward_sentence(&g, rows, rows, &bias, n, mask, out, p);
                 });
             Ok(())
         })?;
@@ -305,6 +331,7 @@ impl CustomOp1 for SelfAttention {
         let op = SelfAttentionBackward {
             bias: self.bias.clone(),
             heads: self.heads,
+            mask: self.mask.clone(),
         };
         Ok(Some(qkv.apply_op2_no_bwd(&grad.contiguous()?, &op)?))
     }
@@ -313,6 +340,7 @@ impl CustomOp1 for SelfAttention {
 struct SelfAttentionBackward {
     bias: Tensor,
     heads: usize,
+    mask: Option<Arc<Vec<f32>>>,
 }
 
 impl CustomOp2 for SelfAttentionBackward {
@@ -338,7 +366,8 @@ impl CustomOp2 for SelfAttentionBackward {
                 |s, (n, dst)| {
                     let rows = &qkv[n * g.tq * g.qw..][..g.tq * g.qw];
                     let go = &go[n * g.tq * d..][..g.tq * d];
-                    backward_sentence(&g, rows, rows, &bias, n, go, s);
+                    let mask = sentence_mask(&self.mask, &g, n);
+                    backward_sentence(&g, rows, rows, &bias, n, mask, go, s);
                     scatter(dst, g.qw, g.q_col, &s.dq, d);
                     scatter(dst, g.qw, g.k_col, &s.dk, d);
                     scatter(dst, g.qw, g.v_col, &s.dv, d);
@@ -356,6 +385,7 @@ impl CustomOp2 for SelfAttentionBackward {
 struct CrossAttention {
     bias: Tensor,
     heads: usize,
+    mask: Option<Arc<Vec<f32>>>,
 }
 
 fn cross_geometry(q: &Shape, kv: &Shape, heads: usize) -> Result<Geometry> {
@@ -405,7 +435,8 @@ impl CustomOp2 for CrossAttention {
                     p.resize(g.tq * g.tk, 0.0);
                     let q = &q[n * g.tq * g.qw..][..g.tq * g.qw];
                     let kv = &kv[n * g.tk * g.kvw..][..g.tk * g.kvw];
-                    forward_sentence(&g, q, kv, &bias, n, out, p);
+                    let mask = sentence_mask(&self.mask, &g, n);
+                    forward_sentence(&g, q, kv, &bias, n, mask, out, p);
                 });
             Ok(())
         })?;
@@ -422,6 +453,7 @@ impl CustomOp2 for CrossAttention {
         let op = CrossAttentionBackward {
             bias: self.bias.clone(),
             heads: self.heads,
+            mask: self.mask.clone(),
         };
         // One buffer holds both gradients, dQ then dKV, so that each is a contiguous slice.
         let both = q.apply_op3_no_bwd(kv, &grad.contiguous()?, &op)?;
@@ -435,6 +467,7 @@ impl CustomOp2 for CrossAttention {
 struct CrossAttentionBackward {
     bias: Tensor,
     heads: usize,
+    mask: Option<Arc<Vec<f32>>>,
 }
 
 impl CustomOp3 for CrossAttentionBackward {
@@ -468,7 +501,8 @@ impl CustomOp3 for CrossAttentionBackward {
                     let q = &q[n * g.tq * g.qw..][..g.tq * g.qw];
                     let kv = &kv[n * g.tk * g.kvw..][..g.tk * g.kvw];
                     let go = &go[n * g.tq * d..][..g.tq * d];
-                    backward_sentence(&g, q, kv, &bias, n, go, s);
+                    let mask = sentence_mask(&self.mask, &g, n);
+                    backward_sentence(&g, q, kv, &bias, n, mask, go, s);
                     scatter(dq, g.qw, g.q_col, &s.dq, d);
                     scatter(dkv, g.kvw, g.k_col, &s.dk, d);
                     scatter(dkv, g.kvw, g.v_col, &s.dv, d);
@@ -486,18 +520,35 @@ fn use_kernel(xs: &Tensor, bias: &Tensor) -> bool {
     xs.device().is_cpu() && xs.dtype() == DType::F32 && bias.dtype() == DType::F32
 }
 
-/// Multi-head self-attention from a packed projection.
+/// The attention dropout mask for probabilities `(b, heads, tq, tk)`, drawn from `dropout`'s
+/// stream in the order its composed form would draw it, or `None` when inactive.
+fn draw(dropout: Option<&Dropout>, n: usize) -> Result<Option<Arc<Vec<f32>>>> {
+    match dropout {
+        Some(d) if d.is_active(true) => Ok(Some(Arc::new(d.draw_mask(n)?))),
+        _ => Ok(None),
+    }
+}
+
+/// Multi-head self-attention from a packed projection, with attention dropout when
+/// `dropout` is given (training).
 ///
 /// # Shapes
 /// qkv `(b, t, 3·d)` (Q, K, V side by side), bias `(1|b, 1, 1|t, t)` → `(b, t, d)`, heads
 /// merged.
-pub fn self_attention(qkv: &Tensor, bias: &Tensor, heads: usize) -> Result<Tensor> {
+pub fn self_attention(
+    qkv: &Tensor,
+    bias: &Tensor,
+    heads: usize,
+    dropout: Option<&Dropout>,
+) -> Result<Tensor> {
     if !use_kernel(qkv, bias) {
-        return self_attention_reference(qkv, bias, heads);
+        return self_attention_reference(qkv, bias, heads, dropout);
     }
+    let (b, t, _) = qkv.dims3()?;
     qkv.contiguous()?.apply_op1(SelfAttention {
         bias: bias.contiguous()?,
         heads,
+        mask: draw(dropout, b * heads * t * t)?,
     })
 }
 
@@ -507,15 +558,24 @@ pub fn self_attention(qkv: &Tensor, bias: &Tensor, heads: usize) -> Result<Tenso
 /// # Shapes
 /// q `(b, tq, w ≥ d)`, kv `(b, tk, 2·d)` (K, V side by side), bias `(1|b, 1, 1|tq, tk)` →
 /// `(b, tq, d)`.
-pub fn cross_attention(q: &Tensor, kv: &Tensor, bias: &Tensor, heads: usize) -> Result<Tensor> {
+pub fn cross_attention(
+    q: &Tensor,
+    kv: &Tensor,
+    bias: &Tensor,
+    heads: usize,
+    dropout: Option<&Dropout>,
+) -> Result<Tensor> {
     if !use_kernel(q, bias) || !kv.device().is_cpu() || kv.dtype() != DType::F32 {
-        return cross_attention_reference(q, kv, bias, heads);
+        return cross_attention_reference(q, kv, bias, heads, dropout);
     }
+    let (b, tq, _) = q.dims3()?;
+    let tk = kv.dim(1)?;
     q.contiguous()?.apply_op2(
         &kv.contiguous()?,
         CrossAttention {
             bias: bias.contiguous()?,
             heads,
+            mask: draw(dropout, b * heads * tq * tk)?,
         },
     )
 }
@@ -559,17 +619,28 @@ pub fn cross_attention_reference(
     kv: &Tensor,
     bias: &Tensor,
     heads: usize,
+    dropout: Option<&Dropout>,
 ) -> Result<Tensor> {
-    Ok(attention_with_probs(q, kv, bias, heads, |p| Ok(p.clone()))?.0)
+    let on_probs = |p: &Tensor| match dropout {
+        Some(d) => d.forward_t(p, true),
+        None => Ok(p.clone()),
+    };
+    Ok(attention_with_probs(q, kv, bias, heads, on_probs)?.0)
 }
 
 /// [`self_attention`] composed from Candle ops.
-pub fn self_attention_reference(qkv: &Tensor, bias: &Tensor, heads: usize) -> Result<Tensor> {
+pub fn self_attention_reference(
+    qkv: &Tensor,
+    bias: &Tensor,
+    heads: usize,
+    dropout: Option<&Dropout>,
+) -> Result<Tensor> {
     let d = qkv.dim(D::Minus1)? / 3;
     cross_attention_reference(
         &qkv.narrow(D::Minus1, 0, d)?,
         &qkv.narrow(D::Minus1, d, 2 * d)?,
         bias,
         heads,
+        dropout,
     )
 }

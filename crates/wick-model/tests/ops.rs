@@ -168,12 +168,12 @@ fn fused_attention_matches_reference() -> Result<()> {
         let pad: Vec<usize> = (0..b).map(|i| (i * 2) % t).collect();
         for bias in [padding_bias(&pad, t)?, causal_bias(t, &Device::Cpu)?] {
             let (y, g) = value_and_grads(
-                |x| fa::self_attention(&x[0], &bias, heads),
+                |x| fa::self_attention(&x[0], &bias, heads, None),
                 std::slice::from_ref(&qkv),
                 seed,
             )?;
             let (yr, gr) = value_and_grads(
-                |x| fa::self_attention_reference(&x[0], &bias, heads),
+                |x| fa::self_attention_reference(&x[0], &bias, heads, None),
                 std::slice::from_ref(&qkv),
                 seed,
             )?;
@@ -194,12 +194,12 @@ fn fused_attention_matches_reference() -> Result<()> {
         let kv = randn(&[b, t, 2 * d], seed + 20)?;
         let bias = padding_bias(&pad, t)?;
         let (y, g) = value_and_grads(
-            |x| fa::cross_attention(&x[0], &x[1], &bias, heads),
+            |x| fa::cross_attention(&x[0], &x[1], &bias, heads, None),
             &[q.clone(), kv.clone()],
             seed,
         )?;
         let (yr, gr) = value_and_grads(
-            |x| fa::cross_attention_reference(&x[0], &x[1], &bias, heads),
+            |x| fa::cross_attention_reference(&x[0], &x[1], &bias, heads, None),
             &[q.clone(), kv.clone()],
             seed,
         )?;
@@ -223,7 +223,7 @@ fn fused_attention_matches_reference() -> Result<()> {
     let (b, t, heads, d) = (2, 6, 2, 8);
     let qkv = randn(&[b, t, 3 * d], 9)?;
     let bias = padding_bias(&[2, 0], t)?;
-    let y = fa::self_attention(&qkv, &bias, heads)?;
+    let y = fa::self_attention(&qkv, &bias, heads, None)?;
     let mut data = qkv.flatten_all()?.to_vec1::<f32>()?;
     for j in [4, 5] {
         for c in d..3 * d {
@@ -231,7 +231,7 @@ fn fused_attention_matches_reference() -> Result<()> {
         }
     }
     let changed = Tensor::from_vec(data, (b, t, 3 * d), &Device::Cpu)?;
-    let y2 = fa::self_attention(&changed, &bias, heads)?;
+    let y2 = fa::self_attention(&changed, &bias, heads, None)?;
     let real = |y: &Tensor| y.narrow(0, 0, 1)?.narrow(1, 0, 4);
     assert_eq!(max_diff(&real(&y)?, &real(&y2)?)?, 0.0);
     Ok(())
@@ -355,5 +355,56 @@ fn projected_cross_entropy_matches_composed() -> Result<()> {
         let padded = g[0].narrow(0, 4, 1)?.abs()?.sum_all()?.to_scalar::<f32>()?;
         assert_eq!(padded, 0.0);
     }
+    Ok(())
+}
+
+#[test]
+fn fused_attention_dropout_matches_reference() -> Result<()> {
+    use wick_model::dropout::{Dropout, DropoutRng};
+    use wick_model::fused_attention as fa;
+    let (b, t, heads, dk) = (4, 9, 2, 8);
+    let d = heads * dk;
+    let qkv = randn(&[b, t, 3 * d], 31)?;
+    let kv = randn(&[b, t + 3, 2 * d], 32)?;
+    let bias = padding_bias(&[0, 2, 4, 1], t)?;
+    let cross_bias = padding_bias(&[1, 0, 3, 2], t + 3)?;
+    // Two streams with the same seed draw the same masks, so kernel and reference must agree
+    // to rounding, forward and backward.
+    let pair = || {
+        (
+            Dropout::new(0.3, DropoutRng::new(7)),
+            Dropout::new(0.3, DropoutRng::new(7)),
+        )
+    };
+    let (d1, d2) = pair();
+    let (y, g) = value_and_grads(
+        |x| fa::self_attention(&x[0], &bias, heads, Some(&d1)),
+        std::slice::from_ref(&qkv),
+        5,
+    )?;
+    let (yr, gr) = value_and_grads(
+        |x| fa::self_attention_reference(&x[0], &bias, heads, Some(&d2)),
+        std::slice::from_ref(&qkv),
+        5,
+    )?;
+    assert!(max_diff(&y, &yr)? < 1e-5);
+    assert!(max_diff(&g[0], &gr[0])? < 1e-4);
+    // Dropout is on: the output differs from attention without it.
+    assert!(max_diff(&y, &fa::self_attention(&qkv, &bias, heads, None)?)? > 1e-2);
+    let (d1, d2) = pair();
+    let q = qkv.narrow(2, 0, d)?;
+    let (y, g) = value_and_grads(
+        |x| fa::cross_attention(&x[0], &x[1], &cross_bias, heads, Some(&d1)),
+        &[q.clone(), kv.clone()],
+        6,
+    )?;
+    let (yr, gr) = value_and_grads(
+        |x| fa::cross_attention_reference(&x[0], &x[1], &cross_bias, heads, Some(&d2)),
+        &[q, kv],
+        6,
+    )?;
+    assert!(max_diff(&y, &yr)? < 1e-5);
+    assert!(max_diff(&g[0], &gr[0])? < 1e-4);
+    assert!(max_diff(&g[1], &gr[1])? < 1e-4);
     Ok(())
 }
