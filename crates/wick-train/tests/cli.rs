@@ -489,3 +489,71 @@ fn score_matches_sacrebleu_known_answer() {
     assert_eq!(format!("{:.2}", v["bleu"].as_f64().expect("bleu")), "58.56");
     assert_eq!(format!("{:.2}", v["chrf"].as_f64().expect("chrf")), "81.87");
 }
+
+#[test]
+fn bench_presets_run_fixed_shapes() {
+    // Decoding never stops early: every sentence gets exactly --steps tokens, in both modes.
+    let o = wick(&[
+        "bench",
+        "decode",
+        "--preset",
+        "tiny",
+        "--batch-size",
+        "3",
+        "--src-len",
+        "5",
+        "--steps",
+        "4",
+        "--beam",
+        "2",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let timings: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    let modes: Vec<&str> = timings
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["mode"].as_str().unwrap())
+        .collect();
+    assert_eq!(modes, ["greedy", "beam2"]);
+    for t in timings.as_array().unwrap() {
+        assert_eq!(t["output_tokens"], 12, "{t}");
+        assert!(t["sentences_per_s"].as_f64().unwrap() > 0.0);
+    }
+    // --run and --preset exclude each other; one of them is needed.
+    assert!(!wick(&["bench", "decode"]).status.success());
+    assert!(
+        !wick(&["bench", "decode", "--preset", "tiny", "--run", "x"])
+            .status
+            .success()
+    );
+
+    let o = wick(&[
+        "bench",
+        "train",
+        "--preset",
+        "tiny",
+        "--batch-size",
+        "2",
+        "--src-len",
+        "3",
+        "--tgt-len",
+        "3",
+        "--steps",
+        "1",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    assert_eq!(r["params"], 1_949_696);
+    for key in [
+        "tgt_tokens_per_s",
+        "ms_per_step",
+        "forward_ms",
+        "backward_ms",
+        "update_ms",
+    ] {
+        assert!(r[key].as_f64().unwrap() > 0.0, "{key}: {r}");
+    }
+}
