@@ -12,7 +12,7 @@ use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Module, Resul
 use candle_nn::{Init, VarBuilder};
 
 use crate::init::xavier_uniform;
-use crate::ops::slice;
+use crate::ops::{gemm_into, slice};
 
 /// `y = x·Wᵀ + b` (then `max(y, 0)` with `relu`) over the rows of x, any rank: x `(…, in)`,
 /// W `(out, in)`, b `(out,)`.
@@ -109,38 +109,16 @@ impl CustomOp3 for AffineOp {
         for _ in 0..rows {
             y.extend_from_slice(b);
         }
-        let threads = candle_core::utils::get_num_threads();
-        let parallelism = if threads > 1 {
-            gemm::Parallelism::Rayon(threads)
-        } else {
-            gemm::Parallelism::None
-        };
-        // SAFETY: y is rows × d_out, x rows × d_in and w d_out × d_in, all row-major and
-        // exactly that long (checked by the callers' shapes); the strides below stay inside
-        // them. Wᵀ is read through W's strides (column stride d_in, row stride 1).
-        unsafe {
-            gemm::gemm(
-                rows,
-                d_out,
-                d_in,
-                y.as_mut_ptr(),
-                1,
-                d_out as isize,
-                true, // y = 1·y + 1·x·Wᵀ, with y holding the bias
-                x.as_ptr(),
-                1,
-                d_in as isize,
-                w.as_ptr(),
-                d_in as isize,
-                1,
-                1.0,
-                1.0,
-                false,
-                false,
-                false,
-                parallelism,
-            );
-        }
+        // y = y + x·Wᵀ with y holding the bias; Wᵀ is read through W's strides.
+        gemm_into(
+            &mut y,
+            (rows, d_out, d_in),
+            x,
+            (d_in, 1),
+            w,
+            (1, d_in),
+            true,
+        )?;
         if self.relu {
             for v in &mut y {
                 *v = v.max(0.0);
