@@ -190,6 +190,32 @@ fn forward_sentence(
     }
 }
 
+/// The whole forward: output `(b, tq, d)`, sentences in parallel. `q` holds `b` blocks of
+/// `tq` rows of width `qw`, `kv` `b` blocks of `tk` rows of width `kvw`.
+fn forward_all(
+    g: &Geometry,
+    q: &[f32],
+    kv: &[f32],
+    bias: &Tensor,
+    mask: &Option<Arc<Vec<f32>>>,
+) -> Result<(CpuStorage, Shape)> {
+    let d = g.d();
+    let mut out = vec![0f32; g.b * g.tq * d];
+    with_bias(bias, g, |bias| {
+        out.par_chunks_mut(g.tq * d)
+            .enumerate()
+            .for_each_init(Vec::new, |p, (n, out)| {
+                p.resize(g.tq * g.tk, 0.0);
+                let q = &q[n * g.tq * g.qw..][..g.tq * g.qw];
+                let kv = &kv[n * g.tk * g.kvw..][..g.tk * g.kvw];
+                let mask = sentence_mask(mask, g, n);
+                forward_sentence(g, q, kv, &bias, n, mask, out, p);
+            });
+        Ok(())
+    })?;
+    Ok((CpuStorage::F32(out), Shape::from((g.b, g.tq, d))))
+}
+
 /// Per-thread scratch of the backward pass.
 #[derive(Default)]
 struct Scratch {
@@ -311,20 +337,8 @@ impl CustomOp1 for SelfAttention {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let g = self_geometry(l.shape(), self.heads)?;
         let qkv = slice(s, l, "self-attention qkv")?;
-        let d = g.d();
-        let mut out = vec![0f32; g.b * g.tq * d];
-        with_bias(&self.bias, &g, |bias| {
-            out.par_chunks_mut(g.tq * d)
-                .enumerate()
-                .for_each_init(Vec::new, |p, (n, out)| {
-                    p.resize(g.tq * g.tk, 0.0);
-                    let rows = &qkv[n * g.tq * g.qw..][..g.tq * g.qw];
-                    let mask = sentence_mask(&self.mask, &g, n);
-                    forward_sentence(&g, rows, rows, &bias, n, mask, out, p);
-                });
-            Ok(())
-        })?;
-        Ok((CpuStorage::F32(out), Shape::from((g.b, g.tq, d))))
+        // Queries and keys/values are rows of the same packed buffer.
+        forward_all(&g, qkv, qkv, &self.bias, &self.mask)
     }
 
     fn bwd(&self, qkv: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
@@ -426,21 +440,7 @@ impl CustomOp2 for CrossAttention {
         let g = cross_geometry(l1.shape(), l2.shape(), self.heads)?;
         let q = slice(s1, l1, "attention queries")?;
         let kv = slice(s2, l2, "attention keys/values")?;
-        let d = g.d();
-        let mut out = vec![0f32; g.b * g.tq * d];
-        with_bias(&self.bias, &g, |bias| {
-            out.par_chunks_mut(g.tq * d)
-                .enumerate()
-                .for_each_init(Vec::new, |p, (n, out)| {
-                    p.resize(g.tq * g.tk, 0.0);
-                    let q = &q[n * g.tq * g.qw..][..g.tq * g.qw];
-                    let kv = &kv[n * g.tk * g.kvw..][..g.tk * g.kvw];
-                    let mask = sentence_mask(&self.mask, &g, n);
-                    forward_sentence(&g, q, kv, &bias, n, mask, out, p);
-                });
-            Ok(())
-        })?;
-        Ok((CpuStorage::F32(out), Shape::from((g.b, g.tq, d))))
+        forward_all(&g, q, kv, &self.bias, &self.mask)
     }
 
     fn bwd(

@@ -637,13 +637,55 @@ impl CustomOp3 for ProjectedCrossEntropy {
         _res: &Tensor,
         grad_res: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (n, d) = hidden.dims2()?;
-        let (v, _) = weight.dims2()?;
-        let h = hidden.detach().flatten_all()?.to_vec1::<f32>()?;
-        let w = weight.detach().flatten_all()?.to_vec1::<f32>()?;
-        let y = target.flatten_all()?.to_vec1::<u32>()?;
-        let g = grad_res.narrow(1, 0, 1)?.flatten_all()?.to_vec1::<f32>()?; // (n,)
-        let kept = self
+        let g = grad_res.narrow(1, 0, 1)?.squeeze(1)?.contiguous()?; // (n,)
+        let op = ProjectedCrossEntropyBackward {
+            forward: self,
+            target: target.contiguous()?,
+        };
+        // One buffer holds dH then dW, so that each is a contiguous slice of it.
+        let both = hidden.apply_op3_no_bwd(weight, &g, &op)?;
+        let nh = hidden.elem_count();
+        let dh = both.narrow(0, 0, nh)?.reshape(hidden.shape())?;
+        let dw = both
+            .narrow(0, nh, weight.elem_count())?
+            .reshape(weight.shape())?;
+        Ok((Some(dh), Some(dw), None))
+    }
+}
+
+/// dlogits = g_row · (p − q) with q = (1 − ε)·onehot(y) + ε/V, made in place in the kept
+/// probabilities, then dH = dlogits·W and dW = dlogitsᵀ·H; output `[dH | dW]` flat.
+struct ProjectedCrossEntropyBackward<'a> {
+    forward: &'a ProjectedCrossEntropy,
+    target: Tensor,
+}
+
+impl CustomOp3 for ProjectedCrossEntropyBackward<'_> {
+    fn name(&self) -> &'static str {
+        "wick-projected-label-smoothed-ce-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let h = slice(s1, l1, "cross-entropy hidden states")?;
+        let w = slice(s2, l2, "output projection")?;
+        let g = slice(s3, l3, "cross-entropy gradient")?;
+        let (n, d) = l1.shape().dims2()?;
+        let (v, _) = l2.shape().dims2()?;
+        let (storage, layout) = self.target.storage_and_layout();
+        let y = match &*storage {
+            candle_core::Storage::Cpu(cpu) => slice_u32(cpu, layout, "cross-entropy targets")?,
+            _ => bail!("cross-entropy: the fused kernel runs on the CPU only"),
+        };
+        let fwd = self.forward;
+        let kept = fwd
             .probs
             .lock()
             .map_err(|_| candle_core::Error::Msg("poisoned".into()))?
@@ -651,10 +693,10 @@ impl CustomOp3 for ProjectedCrossEntropy {
         // A second backward through the same graph finds the buffer gone and recomputes it.
         let mut dlogits = match kept {
             Some(p) => p,
-            None => self.compute(&h, &w, &y, n, d, v)?.0,
+            None => fwd.compute(h, w, y, n, d, v)?.0,
         };
-        let uniform = self.epsilon / v as f32;
-        let on_target = 1.0 - self.epsilon;
+        let uniform = fwd.epsilon / v as f32;
+        let on_target = 1.0 - fwd.epsilon;
         dlogits.par_chunks_mut(v).enumerate().for_each(|(i, row)| {
             let gi = g[i];
             if gi == 0.0 {
@@ -666,16 +708,11 @@ impl CustomOp3 for ProjectedCrossEntropy {
             }
             row[y[i] as usize] -= gi * on_target;
         });
-        let mut dh = vec![0f32; n * d];
-        gemm_into(&mut dh, (n, d, v), &dlogits, (v, 1), &w, (d, 1), false)?; // dlogits·W
-        let mut dw = vec![0f32; v * d];
-        gemm_into(&mut dw, (v, d, n), &dlogits, (1, v), &h, (d, 1), false)?; // dlogitsᵀ·H
-        let dev = hidden.device();
-        Ok((
-            Some(Tensor::from_vec(dh, (n, d), dev)?),
-            Some(Tensor::from_vec(dw, (v, d), dev)?),
-            None,
-        ))
+        let mut both = vec![0f32; n * d + v * d];
+        let (dh, dw) = both.split_at_mut(n * d);
+        gemm_into(dh, (n, d, v), &dlogits, (v, 1), w, (d, 1), false)?; // dlogits·W
+        gemm_into(dw, (v, d, n), &dlogits, (1, v), h, (d, 1), false)?; // dlogitsᵀ·H
+        Ok((CpuStorage::F32(both), Shape::from(n * d + v * d)))
     }
 }
 

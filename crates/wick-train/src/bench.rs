@@ -85,6 +85,49 @@ pub struct BenchReport {
     pub working_memory_mb: Option<f64>,
 }
 
+/// A seeded, randomly initialised model of `cfg` with one vocabulary of `vocab` for both sides.
+fn random_model(
+    cfg: &TransformerConfig,
+    vocab: usize,
+    device: &Device,
+) -> Result<(ParamStore, Transformer)> {
+    let store = ParamStore::new(1);
+    let vocab = VocabSizes {
+        src: vocab,
+        tgt: vocab,
+    };
+    let model = Transformer::new(
+        cfg,
+        vocab,
+        DropoutRng::new(2),
+        store.var_builder(DType::F32, device),
+    )?;
+    Ok((store, model))
+}
+
+/// Seeded random token ids above the special tokens.
+struct RandomIds {
+    rng: ChaCha8Rng,
+    vocab: u32,
+}
+
+impl RandomIds {
+    fn new(vocab: usize) -> Self {
+        Self {
+            rng: ChaCha8Rng::seed_from_u64(3),
+            vocab: vocab as u32,
+        }
+    }
+
+    /// `(rows, cols)` u32.
+    fn tensor(&mut self, rows: usize, cols: usize, device: &Device) -> Result<Tensor> {
+        let ids = (0..rows * cols)
+            .map(|_| self.rng.random_range(4..self.vocab))
+            .collect::<Vec<u32>>();
+        Ok(Tensor::from_vec(ids, (rows, cols), device)?)
+    }
+}
+
 /// Matmul FLOPs of one forward pass (backward is counted as twice this).
 pub fn forward_flops(cfg: &TransformerConfig, vocab: usize, b: usize, s: usize, t: usize) -> f64 {
     let (d, ff) = (cfg.d_model as f64, cfg.d_ff as f64);
@@ -99,28 +142,13 @@ pub fn forward_flops(cfg: &TransformerConfig, vocab: usize, b: usize, s: usize, 
 
 pub fn bench_train(req: BenchRequest) -> Result<BenchReport> {
     let rss_before = memory_mb().1;
-    let vocab = VocabSizes {
-        src: req.vocab,
-        tgt: req.vocab,
-    };
-    let store = ParamStore::new(1);
-    let model = Transformer::new(
-        &req.model,
-        vocab,
-        DropoutRng::new(2),
-        store.var_builder(DType::F32, &req.device),
-    )?;
+    let (store, model) = random_model(&req.model, req.vocab, &req.device)?;
     let mut opt = AdamW::new(store.vars(), 0.9, 0.98, 1e-9, 0.0)?;
-    let mut rng = ChaCha8Rng::seed_from_u64(3);
+    let mut ids = RandomIds::new(req.vocab);
     let (b, s, t) = (req.batch_size, req.src_len, req.tgt_len);
-    let mut ids = |n: usize| -> Vec<u32> {
-        (0..n)
-            .map(|_| rng.random_range(4..req.vocab as u32))
-            .collect()
-    };
-    let src = Tensor::from_vec(ids(b * s), (b, s), &req.device)?;
-    let tgt_in = Tensor::from_vec(ids(b * t), (b, t), &req.device)?;
-    let tgt_out = Tensor::from_vec(ids(b * t), (b, t), &req.device)?;
+    let src = ids.tensor(b, s, &req.device)?;
+    let tgt_in = ids.tensor(b, t, &req.device)?;
+    let tgt_out = ids.tensor(b, t, &req.device)?;
     let src_mask = Tensor::ones((b, s), DType::F32, &req.device)?;
     let tgt_mask = Tensor::ones((b, t), DType::F32, &req.device)?;
     let mut times = Vec::new();
@@ -293,23 +321,9 @@ pub struct PresetDecodeRequest {
 pub fn bench_decode_preset(req: PresetDecodeRequest) -> Result<Vec<DecodeTiming>> {
     use wick_model::search::{BeamConfig, SpecialIds, beam_search, greedy};
 
-    let store = ParamStore::new(1);
-    let vocab = VocabSizes {
-        src: req.vocab,
-        tgt: req.vocab,
-    };
-    let model = Transformer::new(
-        &req.model,
-        vocab,
-        DropoutRng::new(2),
-        store.var_builder(DType::F32, &req.device),
-    )?;
-    let mut rng = ChaCha8Rng::seed_from_u64(3);
+    let (_store, model) = random_model(&req.model, req.vocab, &req.device)?;
     let (b, s) = (req.batch_size, req.src_len);
-    let src: Vec<u32> = (0..b * s)
-        .map(|_| rng.random_range(4..req.vocab as u32))
-        .collect();
-    let src = Tensor::from_vec(src, (b, s), &req.device)?;
+    let src = RandomIds::new(req.vocab).tensor(b, s, &req.device)?;
     let src_mask = Tensor::ones((b, s), DType::F32, &req.device)?;
     let ids = SpecialIds {
         bos: 1,

@@ -27,14 +27,7 @@ pub fn label_smoothed_cross_entropy(
     epsilon: f64,
 ) -> Result<LossSums> {
     let (b, t, v) = logits.dims3()?;
-    if target.dims() != [b, t] || mask.dims() != [b, t] {
-        candle_core::bail!(
-            "loss: logits {:?} do not match target {:?} / mask {:?}",
-            logits.dims(),
-            target.dims(),
-            mask.dims()
-        )
-    }
+    check_targets("logits", logits, target, mask)?;
     let n = b * t;
     let logits = logits.reshape((n, v))?; // (n, V)
     let (per_token, nll, hits) =
@@ -56,14 +49,7 @@ pub fn projected_label_smoothed_cross_entropy(
     epsilon: f64,
 ) -> Result<LossSums> {
     let (b, t, d) = hidden.dims3()?;
-    if target.dims() != [b, t] || mask.dims() != [b, t] {
-        candle_core::bail!(
-            "loss: hidden {:?} does not match target {:?} / mask {:?}",
-            hidden.dims(),
-            target.dims(),
-            mask.dims()
-        )
-    }
+    check_targets("hidden", hidden, target, mask)?;
     let n = b * t;
     let (per_token, nll, hits) = wick_model::ops::projected_cross_entropy(
         &hidden.reshape((n, d))?,
@@ -72,6 +58,20 @@ pub fn projected_label_smoothed_cross_entropy(
         epsilon,
     )?;
     masked_sums(per_token, nll, hits, &mask.reshape(n)?)
+}
+
+/// `target` and `mask` must be `(b, t)` for `scores` `(b, t, ·)`.
+fn check_targets(what: &str, scores: &Tensor, target: &Tensor, mask: &Tensor) -> Result<()> {
+    let (b, t, _) = scores.dims3()?;
+    if target.dims() != [b, t] || mask.dims() != [b, t] {
+        candle_core::bail!(
+            "loss: {what} {:?} does not match target {:?} / mask {:?}",
+            scores.dims(),
+            target.dims(),
+            mask.dims()
+        )
+    }
+    Ok(())
 }
 
 /// Sums of per-token `(n,)` values over the real tokens of `mask` `(n,)`.
