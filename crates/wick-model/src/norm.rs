@@ -31,14 +31,7 @@ impl LayerNorm {
         if xs.dim(D::Minus1)? != d {
             candle_core::bail!("layer norm over {d} features got input {:?}", xs.dims())
         }
-        let mean = xs.mean_keepdim(D::Minus1)?;
-        let centred = xs.broadcast_sub(&mean)?;
-        let var = centred.sqr()?.mean_keepdim(D::Minus1)?;
-        let inv_std = (var + self.eps)?.sqrt()?.recip()?;
-        centred
-            .broadcast_mul(&inv_std)?
-            .broadcast_mul(&self.weight)?
-            .broadcast_add(&self.bias)
+        crate::ops::layer_norm(xs, &self.weight, &self.bias, self.eps)
     }
 }
 

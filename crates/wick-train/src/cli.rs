@@ -453,7 +453,13 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
         );
         print_intervals(&report);
         println!("  {}", report.signature);
-        println!("  translations: {}", report.hyp_file.display());
+        println!("  checkpoint: {}", report.checkpoint.display());
+        println!(
+            "  translations: {} (beam {}, {:.1} sentences/s)",
+            report.hyp_file.display(),
+            report.beam,
+            report.sentences_per_s
+        );
         if a.samples > 0 {
             let pairs = load_split(&config, Split::Test)?;
             let hyps = std::fs::read_to_string(&report.hyp_file)?;
