@@ -107,6 +107,59 @@ impl candle_core::CustomOp1 for MaskMul {
     }
 }
 
+/// `residual + mask ⊙ x` with a fixed mask: a residual branch's dropout and sum as one node
+/// (two with Candle's ops, each with its own output, gradient and accumulation).
+struct MaskAdd(Arc<Vec<f32>>);
+
+impl candle_core::CustomOp2 for MaskAdd {
+    fn name(&self) -> &'static str {
+        "wick-dropout-add"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &candle_core::CpuStorage,
+        l1: &candle_core::Layout,
+        s2: &candle_core::CpuStorage,
+        l2: &candle_core::Layout,
+    ) -> Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        use rayon::prelude::*;
+        let r = crate::ops::slice(s1, l1, "dropout-add residual")?;
+        let x = crate::ops::slice(s2, l2, "dropout-add branch")?;
+        if x.len() != self.0.len() || r.len() != x.len() {
+            candle_core::bail!(
+                "dropout-add: mask of {}, residual of {}, branch of {} values",
+                self.0.len(),
+                r.len(),
+                x.len()
+            )
+        }
+        const CHUNK: usize = 1 << 14;
+        let mut out = vec![0f32; x.len()];
+        out.par_chunks_mut(CHUNK)
+            .zip(r.par_chunks(CHUNK))
+            .zip(x.par_chunks(CHUNK).zip(self.0.par_chunks(CHUNK)))
+            .for_each(|((o, r), (x, m))| {
+                for (((o, r), x), m) in o.iter_mut().zip(r).zip(x).zip(m) {
+                    *o = r + x * m;
+                }
+            });
+        Ok((candle_core::CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        _r: &Tensor,
+        _x: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let grad = grad.detach().contiguous()?;
+        let dx = grad.apply_op1_no_bwd(&MaskMul(self.0.clone()))?;
+        Ok((Some(grad), Some(dx)))
+    }
+}
+
 /// SplitMix64's increment (2⁶⁴/φ) and output mix (Steele, Lea & Flood, 2014).
 const GOLDEN: u64 = 0x9E37_79B9_7F4A_7C15;
 
@@ -154,6 +207,32 @@ impl Dropout {
         let mask = Tensor::from_vec(mask, xs.shape(), xs.device())?.to_dtype(xs.dtype())?;
         xs.mul(&mask)
     }
+
+    /// `residual + self.forward_t(xs, train)`, as one node when dropout is active on the CPU.
+    /// Same values and gradients as the two ops it replaces (same mask, same arithmetic).
+    ///
+    /// # Shapes
+    /// residual and xs: the same shape.
+    pub fn add_to(&self, residual: &Tensor, xs: &Tensor, train: bool) -> Result<Tensor> {
+        if !self.is_active(train)
+            || !xs.device().is_cpu()
+            || xs.dtype() != candle_core::DType::F32
+            || residual.dtype() != candle_core::DType::F32
+        {
+            return residual + self.forward_t(xs, train)?;
+        }
+        if residual.shape() != xs.shape() {
+            candle_core::bail!(
+                "residual {:?} and branch {:?} differ in shape",
+                residual.dims(),
+                xs.dims()
+            )
+        }
+        let mask = self.rng.mask(xs.elem_count(), self.p)?;
+        residual
+            .contiguous()?
+            .apply_op2(&xs.contiguous()?, MaskAdd(Arc::new(mask)))
+    }
 }
 
 #[cfg(test)]
@@ -178,6 +257,46 @@ mod tests {
         // Neighbouring elements are not correlated (a weak hash would show it here).
         let both = a.windows(2).filter(|w| w[0] == 0.0 && w[1] == 0.0).count() as f64;
         assert!((both / n as f64 - 0.09).abs() < 0.005);
+        Ok(())
+    }
+
+    #[test]
+    fn dropout_add_equals_dropout_then_add() -> Result<()> {
+        use candle_core::{Device, Var};
+        let dev = Device::Cpu;
+        let r = Var::from_tensor(&Tensor::randn(0f32, 1.0, (3, 7, 33), &dev)?)?;
+        let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (3, 7, 33), &dev)?)?;
+        let w = Tensor::randn(0f32, 1.0, (3, 7, 33), &dev)?;
+        let rng = DropoutRng::new(11);
+        let d = Dropout::new(0.3, rng.clone());
+        let saved = rng.state()?;
+        let fused = d.add_to(r.as_tensor(), x.as_tensor(), true)?;
+        let gf = (&fused * &w)?.sum_all()?.backward()?;
+        rng.restore(saved)?;
+        let composed = (r.as_tensor() + d.forward_t(x.as_tensor(), true)?)?;
+        let gc = (&composed * &w)?.sum_all()?.backward()?;
+        // Same mask and the same arithmetic: equal bit for bit.
+        assert_eq!(
+            fused.flatten_all()?.to_vec1::<f32>()?,
+            composed.flatten_all()?.to_vec1::<f32>()?
+        );
+        for v in [&r, &x] {
+            let (a, b) = (gf.get(v).unwrap(), gc.get(v).unwrap());
+            assert_eq!(
+                a.flatten_all()?.to_vec1::<f32>()?,
+                b.flatten_all()?.to_vec1::<f32>()?
+            );
+        }
+        // Some branch values were dropped, and the residual always passes.
+        let dx = gf.get(&x).unwrap().flatten_all()?.to_vec1::<f32>()?;
+        assert!(dx.contains(&0.0));
+        // Off in eval mode: a plain sum.
+        let eval = d.add_to(r.as_tensor(), x.as_tensor(), false)?;
+        let sum = (r.as_tensor() + x.as_tensor())?;
+        assert_eq!(
+            eval.flatten_all()?.to_vec1::<f32>()?,
+            sum.flatten_all()?.to_vec1::<f32>()?
+        );
         Ok(())
     }
 }

@@ -21,8 +21,8 @@ pub(crate) fn residual(
     f: impl FnOnce(&Tensor) -> Result<Tensor>,
 ) -> Result<Tensor> {
     match position {
-        NormPosition::Pre => xs + dropout.forward_t(&f(&norm.forward(xs)?)?, train)?,
-        NormPosition::Post => norm.forward(&(xs + dropout.forward_t(&f(xs)?, train)?)?),
+        NormPosition::Pre => dropout.add_to(xs, &f(&norm.forward(xs)?)?, train),
+        NormPosition::Post => norm.forward(&dropout.add_to(xs, &f(xs)?, train)?),
     }
 }
 
