@@ -8,7 +8,9 @@
 # scripts/reference/bench_torch.py alternately, REPEATS times each, so that a machine that is
 # slower for a minute slows both sides. Prints the medians side by side with ratios
 # (> 1: wick is faster / uses less memory) and writes every raw JSON line to
-# target/bench-vs-pytorch.jsonl.
+# target/bench-vs-pytorch.jsonl. Also times the training step's matrix products alone
+# (`wick bench matmul` against torch.mm on the same shapes): what the matmul engine by itself
+# costs per step on each side.
 set -euo pipefail
 
 presets="tiny small"
@@ -19,7 +21,7 @@ while [[ $# -gt 0 ]]; do
         --presets) presets="$2"; shift 2 ;;
         --repeats) repeats="$2"; shift 2 ;;
         --threads) threads="$2"; shift 2 ;;
-        -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
         *) echo "bench_vs_pytorch.sh: unknown argument $1" >&2; exit 2 ;;
     esac
 done
@@ -60,6 +62,11 @@ for preset in $presets; do
         # wick's line is a list (greedy, beam 5); beam has no PyTorch counterpart here.
         record decode "$preset" wick "$("$wick" bench decode --preset "$preset" --beam 5 --json)"
         record decode "$preset" pytorch "$("$python" scripts/reference/bench_torch.py decode --preset "$preset" --threads "$threads")"
+        echo "matmul $preset, repeat $r/$repeats" >&2
+        shapes="$("$wick" bench matmul --preset "$preset" --json)"
+        record matmul "$preset" wick "$shapes"
+        printf '%s\n' "$shapes" > "$root/target/bench-matmul-shapes.json"
+        record matmul "$preset" pytorch "$("$python" scripts/reference/bench_torch.py matmul --shapes "$root/target/bench-matmul-shapes.json" --threads "$threads")"
     done
 done
 
@@ -95,5 +102,13 @@ for p in presets:
     wg, pg = med("decode", p, "wick", "sentences_per_s", "greedy"), med("decode", p, "pytorch", "sentences_per_s")
     wb = med("decode", p, "wick", "sentences_per_s", "beam5")
     print(f"{p:<7} {wg:>8,.1f} {pg:>8,.1f} {wg / pg:>6.2f}× {wb:>12,.1f}")
+print("\nThe training step's linear-layer and output-projection products alone (ms per step)")
+print(f"{'preset':<7} {'wick':>8} {'torch':>8} {'ratio':>7} {'wick GFLOP/s':>13} {'torch GFLOP/s':>14} {'torch step':>11} {'share':>6}")
+for p in presets:
+    wm, pm = med("matmul", p, "wick", "total_ms"), med("matmul", p, "pytorch", "total_ms")
+    wg, pg = med("matmul", p, "wick", "gflops"), med("matmul", p, "pytorch", "gflops")
+    step = med("train", p, "pytorch", "ms_per_step")
+    share = med("matmul", p, "wick", "share_of_step_flops")
+    print(f"{p:<7} {wm:>8,.1f} {pm:>8,.1f} {pm / wm:>6.2f}× {wg:>13,.1f} {pg:>14,.1f} {step:>11,.1f} {share:>6.0%}")
 EOF
 echo "raw results: $out" >&2

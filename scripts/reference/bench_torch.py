@@ -5,10 +5,13 @@ with label smoothing, torch.optim.Adam, eager mode), on exactly the shapes wick 
 
     python scripts/reference/bench_torch.py train --preset tiny [--steps 10] [--threads 2]
     python scripts/reference/bench_torch.py decode --preset tiny [--repeats 3]
+    python scripts/reference/bench_torch.py matmul --shapes WICK_JSON [--repeats 7]
 
 Prints one JSON object with the keys `wick bench … --json` uses (tgt_tokens_per_s,
 ms_per_step, peak_rss_mb, working_memory_mb, params; for decode: sentences_per_s,
-tokens_per_s). Working memory is peak RSS minus the RSS after `import torch`, because
+tokens_per_s). `matmul` reads the JSON of `wick bench matmul --json` and times the same
+products with torch.mm on operands of the same layout (transposed views where wick has them),
+printing the same JSON with PyTorch's times. Working memory is peak RSS minus the RSS after `import torch`, because
 importing torch maps several hundred MB of libraries before any model exists.
 """
 import argparse
@@ -241,23 +244,65 @@ def decode(args):
     }
 
 
+def matmul(args):
+    """Median time of each product of `wick bench matmul`, with torch.mm."""
+    with open(args.shapes) as f:
+        wick = json.load(f)
+    products = []
+    for p in wick["products"]:
+        m, k, n = p["m"], p["k"], p["n"]
+        lhs = torch.randn(k, m).t() if p["lhs_t"] else torch.randn(m, k)
+        rhs = torch.randn(n, k).t() if p["rhs_t"] else torch.randn(k, n)
+        times = []
+        for i in range(args.repeats + 2):
+            start = time.perf_counter()
+            torch.mm(lhs, rhs)
+            if i >= 2:
+                times.append(time.perf_counter() - start)
+        median = statistics.median(times)
+        products.append({**p, "ms": median * 1e3, "gflops": 2 * m * k * n / median / 1e9})
+
+    def per_step(pass_):
+        return sum(p["ms"] * p["count"] for p in products if p["pass"] == pass_)
+
+    flops = sum(2 * p["m"] * p["k"] * p["n"] * p["count"] for p in products)
+    total = per_step("forward") + per_step("backward")
+    return {
+        "preset": wick["preset"],
+        "threads": torch.get_num_threads(),
+        "products": products,
+        "forward_ms": per_step("forward"),
+        "backward_ms": per_step("backward"),
+        "total_ms": total,
+        "gflops": flops / total / 1e6,
+        "share_of_step_flops": wick["share_of_step_flops"],
+    }
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("what", choices=["train", "decode"])
+    ap.add_argument("what", choices=["train", "decode", "matmul"])
+    ap.add_argument("--shapes", help="matmul: the JSON printed by `wick bench matmul --json`")
     ap.add_argument("--preset", choices=list(PRESETS), default="tiny")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--src-len", type=int, default=24)
     ap.add_argument("--tgt-len", type=int, default=24)
     ap.add_argument("--steps", type=int, default=None, help="timed training steps (10) or decoded tokens (24)")
     ap.add_argument("--warmup", type=int, default=3)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=None, help="decode: 3, matmul: 7")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     if args.what == "train":
         args.steps = args.steps or 10
         print(json.dumps(train(args)))
+    elif args.what == "matmul":
+        if not args.shapes:
+            ap.error("matmul needs --shapes (the output of `wick bench matmul --json`)")
+        args.repeats = args.repeats or 7
+        print(json.dumps(matmul(args)))
     else:
+        args.repeats = args.repeats or 3
         args.steps = args.steps or 24
         print(json.dumps(decode(args)))
 

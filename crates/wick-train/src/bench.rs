@@ -379,3 +379,122 @@ pub fn bench_decode_preset(req: PresetDecodeRequest) -> Result<Vec<DecodeTiming>
     }
     Ok(out)
 }
+
+/// One matrix product of a training step, `(m×k)·(k×n)`, done `count` times per step. The
+/// operands are laid out as the step has them: `lhs_t` / `rhs_t` mean the operand is the
+/// transposed view of a row-major `(k×m)` / `(n×k)` matrix (e.g. `x·Wᵀ` with `W` stored
+/// `(out, in)`).
+#[derive(Clone, Debug, Serialize)]
+pub struct MatmulShape {
+    pub name: String,
+    /// `forward` or `backward`.
+    pub pass: &'static str,
+    pub m: usize,
+    pub k: usize,
+    pub n: usize,
+    pub lhs_t: bool,
+    pub rhs_t: bool,
+    pub count: usize,
+}
+
+/// The products of the step's linear layers and output projection (forward `x·Wᵀ`; backward
+/// `dY·W` and `dYᵀ·x`). The attention core's products are left out: they run inside the
+/// fused attention kernel.
+pub fn step_products(
+    cfg: &TransformerConfig,
+    vocab: usize,
+    b: usize,
+    s: usize,
+    t: usize,
+) -> Vec<MatmulShape> {
+    let (d, ff) = (cfg.d_model, cfg.d_ff);
+    let (enc, dec) = (cfg.encoder_layers, cfg.decoder_layers);
+    let (ns, nt) = (b * s, b * t);
+    let mut out = Vec::new();
+    let mut linear = |name: &str, rows: usize, d_in: usize, d_out: usize, count: usize| {
+        if count == 0 {
+            return;
+        }
+        let shape = |suffix: &str, pass, (m, k, n), (lhs_t, rhs_t)| MatmulShape {
+            name: format!("{name}{suffix}"),
+            pass,
+            m,
+            k,
+            n,
+            lhs_t,
+            rhs_t,
+            count,
+        };
+        out.push(shape("", "forward", (rows, d_in, d_out), (false, true)));
+        out.push(shape(
+            " dX",
+            "backward",
+            (rows, d_out, d_in),
+            (false, false),
+        ));
+        out.push(shape(" dW", "backward", (d_out, rows, d_in), (true, false)));
+    };
+    linear("encoder qkv", ns, d, 3 * d, enc);
+    linear("encoder out", ns, d, d, enc);
+    linear("encoder fc1", ns, d, ff, enc);
+    linear("encoder fc2", ns, ff, d, enc);
+    linear("decoder qkv", nt, d, 3 * d, dec);
+    linear("decoder out", nt, d, d, 2 * dec);
+    linear("decoder q", nt, d, d, dec);
+    linear("decoder memory kv", ns, d, 2 * d, dec);
+    linear("decoder fc1", nt, d, ff, dec);
+    linear("decoder fc2", nt, ff, d, dec);
+    linear("output projection", nt, d, vocab, 1);
+    out
+}
+
+/// The median time of one shape in `wick bench matmul`.
+#[derive(Clone, Debug, Serialize)]
+pub struct MatmulTiming {
+    #[serde(flatten)]
+    pub shape: MatmulShape,
+    /// Median milliseconds of one product.
+    pub ms: f64,
+    pub gflops: f64,
+}
+
+/// Times each product with Candle's matmul (the `gemm` crate, as wick's kernels use it) on
+/// random operands, `repeats` times after two warm-up runs, median.
+pub fn bench_matmul(
+    shapes: &[MatmulShape],
+    repeats: usize,
+    device: &Device,
+) -> Result<Vec<MatmulTiming>> {
+    let mut timings = Vec::new();
+    for shape in shapes {
+        let (m, k, n) = (shape.m, shape.k, shape.n);
+        let lhs = if shape.lhs_t {
+            Tensor::randn(0f32, 1.0, (k, m), device)?.t()?
+        } else {
+            Tensor::randn(0f32, 1.0, (m, k), device)?
+        };
+        let rhs = if shape.rhs_t {
+            Tensor::randn(0f32, 1.0, (n, k), device)?.t()?
+        } else {
+            Tensor::randn(0f32, 1.0, (k, n), device)?
+        };
+        let mut times = Vec::new();
+        for i in 0..repeats + 2 {
+            let start = Instant::now();
+            let product = lhs.matmul(&rhs)?;
+            // Reading one value waits for devices that run asynchronously.
+            product.get(0)?.get(0)?.to_scalar::<f32>()?;
+            if i >= 2 {
+                times.push(start.elapsed().as_secs_f64());
+            }
+        }
+        times.sort_by(f64::total_cmp);
+        let median = times[times.len() / 2];
+        timings.push(MatmulTiming {
+            shape: shape.clone(),
+            ms: median * 1e3,
+            gflops: 2.0 * (m * k * n) as f64 / median / 1e9,
+        });
+    }
+    Ok(timings)
+}

@@ -280,6 +280,31 @@ pub enum BenchCommand {
     /// Time decoding of a run's test split (greedy, greedy without the key/value cache, beam
     /// search) or of a preset model on a fixed shape; sentences/s and output tokens/s.
     Decode(BenchDecodeArgs),
+    /// Time, one by one, the matrix products of a preset's training step (its linear layers
+    /// and output projection, forward and backward) with the matmul wick uses, and add them up
+    /// per step: how much of a step the matmul engine alone costs.
+    Matmul(BenchMatmulArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BenchMatmulArgs {
+    /// Model size.
+    #[arg(long, value_enum, default_value = "tiny")]
+    pub preset: Preset,
+    #[arg(long, default_value_t = 64)]
+    pub batch_size: usize,
+    #[arg(long, default_value_t = 24)]
+    pub src_len: usize,
+    #[arg(long, default_value_t = 24)]
+    pub tgt_len: usize,
+    /// Timed runs per product (after 2 untimed ones); the median is reported.
+    #[arg(long, default_value_t = 7)]
+    pub repeats: usize,
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Print one JSON object (the shapes, their times and the per-step totals).
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -360,6 +385,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Average(a) => cmd_average(a),
         Command::Bench(BenchCommand::Train(a)) => cmd_bench_train(a),
         Command::Bench(BenchCommand::Decode(a)) => cmd_bench_decode(a),
+        Command::Bench(BenchCommand::Matmul(a)) => cmd_bench_matmul(a),
         Command::Data(DataCommand::Check(a)) => cmd_data_check(a),
         Command::Data(DataCommand::Fetch(a)) => cmd_data_fetch(a),
     }
@@ -740,6 +766,74 @@ fn cmd_bench_train(a: BenchTrainArgs) -> Result<()> {
             r.working_memory_mb.unwrap_or(0.0)
         );
     }
+    Ok(())
+}
+
+fn cmd_bench_matmul(a: BenchMatmulArgs) -> Result<()> {
+    if a.repeats == 0 || a.batch_size == 0 || a.src_len == 0 || a.tgt_len == 0 {
+        bail!("--repeats, --batch-size, --src-len and --tgt-len must be positive")
+    }
+    let device = parse_device(&a.device)?;
+    let (cfg, vocab) = a.preset.config();
+    let shapes = crate::bench::step_products(&cfg, vocab, a.batch_size, a.src_len, a.tgt_len);
+    let timings = crate::bench::bench_matmul(&shapes, a.repeats, &device)?;
+    let per_step = |pass: &str| -> f64 {
+        timings
+            .iter()
+            .filter(|t| t.shape.pass == pass)
+            .map(|t| t.ms * t.shape.count as f64)
+            .sum()
+    };
+    let (forward_ms, backward_ms) = (per_step("forward"), per_step("backward"));
+    let flops: f64 = timings
+        .iter()
+        .map(|t| 2.0 * (t.shape.m * t.shape.k * t.shape.n * t.shape.count) as f64)
+        .sum();
+    // What share of the step's matmul FLOPs (as `wick bench train` counts them) these cover.
+    let step_flops =
+        3.0 * crate::bench::forward_flops(&cfg, vocab, a.batch_size, a.src_len, a.tgt_len);
+    let total_ms = forward_ms + backward_ms;
+    if a.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "preset": format!("{:?}", a.preset).to_lowercase(),
+                "threads": candle_core::utils::get_num_threads(),
+                "products": timings,
+                "forward_ms": forward_ms,
+                "backward_ms": backward_ms,
+                "total_ms": total_ms,
+                "gflops": flops / total_ms / 1e6,
+                "share_of_step_flops": flops / step_flops,
+            })
+        );
+        return Ok(());
+    }
+    println!(
+        "{:<26} {:>9} {:>22} {:>6} {:>9} {:>8}",
+        "product", "pass", "(m×k)·(k×n)", "count", "ms", "GFLOP/s"
+    );
+    for t in &timings {
+        let s = &t.shape;
+        let dims = format!(
+            "({}×{}{})·({}×{}{})",
+            s.m,
+            s.k,
+            if s.lhs_t { "ᵀ" } else { "" },
+            s.k,
+            s.n,
+            if s.rhs_t { "ᵀ" } else { "" }
+        );
+        println!(
+            "{:<26} {:>9} {:>22} {:>6} {:>9.3} {:>8.1}",
+            s.name, s.pass, dims, s.count, t.ms, t.gflops
+        );
+    }
+    println!(
+        "per step: forward {forward_ms:.1} ms, backward {backward_ms:.1} ms, total {total_ms:.1} ms at {:.1} GFLOP/s ({:.0}% of the step's matmul FLOPs; the rest is the attention core)",
+        flops / total_ms / 1e6,
+        100.0 * flops / step_flops
+    );
     Ok(())
 }
 

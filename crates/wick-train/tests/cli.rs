@@ -556,4 +556,59 @@ fn bench_presets_run_fixed_shapes() {
     ] {
         assert!(r[key].as_f64().unwrap() > 0.0, "{key}: {r}");
     }
+
+    // The step's products: 11 linear maps (tiny: 2+2 layers) × forward, dX, dW, with the token
+    // counts of the batch; they cover the step's FLOPs except the attention core.
+    let o = wick(&[
+        "bench",
+        "matmul",
+        "--preset",
+        "tiny",
+        "--batch-size",
+        "2",
+        "--src-len",
+        "3",
+        "--tgt-len",
+        "5",
+        "--repeats",
+        "1",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    let products = r["products"].as_array().unwrap();
+    assert_eq!(products.len(), 33);
+    let out = products
+        .iter()
+        .find(|p| p["name"] == "output projection")
+        .unwrap();
+    assert_eq!(
+        (&out["m"], &out["k"], &out["n"]),
+        (&10.into(), &128.into(), &8000.into())
+    );
+    let qkv_dw = products
+        .iter()
+        .find(|p| p["name"] == "encoder qkv dW")
+        .unwrap();
+    assert_eq!(
+        (&qkv_dw["m"], &qkv_dw["k"], &qkv_dw["n"]),
+        (&384.into(), &6.into(), &128.into())
+    );
+    assert_eq!(qkv_dw["count"], 2);
+    // Attention core, 3 × forward: encoder 4·b·s²·d per layer, decoder 4·b·(t² + t·s)·d.
+    let (b, s, t, d) = (2.0, 3.0, 5.0, 128.0);
+    let attention = 3.0 * 2.0 * (4.0 * b * s * s * d + 4.0 * b * (t * t + t * s) * d);
+    let linear: f64 = products
+        .iter()
+        .map(|p| {
+            let f = |k: &str| p[k].as_f64().unwrap();
+            2.0 * f("m") * f("k") * f("n") * f("count")
+        })
+        .sum();
+    let share = r["share_of_step_flops"].as_f64().unwrap();
+    assert!(
+        (share - linear / (linear + attention)).abs() < 1e-9,
+        "{share}"
+    );
+    assert!(r["total_ms"].as_f64().unwrap() > 0.0);
 }
