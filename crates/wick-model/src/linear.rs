@@ -152,8 +152,8 @@ impl CustomOp3 for AffineOp {
         };
         let g = grad.reshape((rows, d_out))?; // (rows, out)
         let x2 = x.reshape((rows, d_in))?; // (rows, in)
-        let dx = g.matmul(&w)?.reshape(x.shape())?;
-        let dw = g.t()?.matmul(&x2)?; // (out, in)
+        let dx = crate::ops::matmul(&g, &w)?.reshape(x.shape())?;
+        let dw = crate::ops::matmul(&g.t()?, &x2)?; // (out, in)
         let db = g.contiguous()?.apply_op1_no_bwd(&ColumnSum)?;
         Ok((Some(dx), Some(dw), Some(db)))
     }

@@ -484,8 +484,16 @@ pub fn label_smoothed_cross_entropy(
     ))
 }
 
+/// Rows of the output per task below which [`gemm_into`] leaves threading to `gemm`.
+const GEMM_MIN_ROWS_PER_TASK: usize = 64;
+
 /// `dst` `(m, n)` row-major = A·B (`+= ` with `accumulate`), A `(m, k)` and B `(k, n)` read
 /// through (row, column) strides, on the `gemm` kernel Candle's own matmul uses.
+///
+/// With several threads and enough rows, the rows are split into one block per thread and
+/// each block is a single-threaded `gemm`: `gemm`'s own threading splits every k-block of the
+/// product and synchronises after each, which measured slower on the training step's shapes
+/// (`wick bench matmul`) on this class of machine (few cores).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn gemm_into(
     dst: &mut [f32],
@@ -507,12 +515,118 @@ pub(crate) fn gemm_into(
         bail!("gemm: buffers too small for ({m}×{k})·({k}×{n})")
     }
     let threads = candle_core::utils::get_num_threads();
+    if threads > 1 && m >= 2 * GEMM_MIN_ROWS_PER_TASK && n > 0 {
+        let rows_per_task = m.div_ceil(threads).max(GEMM_MIN_ROWS_PER_TASK);
+        dst[..m * n]
+            .par_chunks_mut(rows_per_task * n)
+            .enumerate()
+            .for_each(|(i, block)| {
+                let rows = block.len() / n;
+                // SAFETY: rows i·r .. i·r + rows of A are within the reach checked above.
+                unsafe {
+                    gemm_unchecked(
+                        block,
+                        (rows, n, k),
+                        a.as_ptr().add(i * rows_per_task * a_rs),
+                        (a_rs, a_cs),
+                        b,
+                        (b_rs, b_cs),
+                        accumulate,
+                        gemm::Parallelism::None,
+                    )
+                }
+            });
+        return Ok(());
+    }
     let parallelism = if threads > 1 {
         gemm::Parallelism::Rayon(threads)
     } else {
         gemm::Parallelism::None
     };
     // SAFETY: the lengths were checked above against every index the strides reach.
+    unsafe {
+        gemm_unchecked(
+            dst,
+            (m, n, k),
+            a.as_ptr(),
+            (a_rs, a_cs),
+            b,
+            (b_rs, b_cs),
+            accumulate,
+            parallelism,
+        )
+    };
+    Ok(())
+}
+
+/// `a·b` for 2-D f32 tensors on the CPU, either operand possibly a transposed or narrowed view,
+/// through [`gemm_into`] (so with its threading); no autograd. Backward passes and
+/// `wick bench matmul` use it, so the benchmark times the products the step runs.
+///
+/// # Shapes
+/// a `(m, k)`, b `(k, n)` → `(m, n)`.
+pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    if use_kernel(a) && b.device().is_cpu() && b.dtype() == DType::F32 {
+        a.apply_op2_no_bwd(b, &MatMul)
+    } else {
+        a.matmul(b)
+    }
+}
+
+struct MatMul;
+
+/// The storage from a 2-D layout's first element, with its (row, column) strides.
+fn strided_2d<'a>(s: &'a CpuStorage, l: &Layout) -> Result<(&'a [f32], (usize, usize))> {
+    let CpuStorage::F32(data) = s else {
+        bail!("matmul: expected f32")
+    };
+    match l.stride() {
+        &[rs, cs] => Ok((&data[l.start_offset()..], (rs, cs))),
+        other => bail!("matmul: expected a 2-D tensor, got strides {other:?}"),
+    }
+}
+
+impl CustomOp2 for MatMul {
+    fn name(&self) -> &'static str {
+        "wick-matmul"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (m, k) = l1.shape().dims2()?;
+        let (k2, n) = l2.shape().dims2()?;
+        if k != k2 {
+            bail!("matmul: ({m}×{k})·({k2}×{n})")
+        }
+        let (a, a_strides) = strided_2d(s1, l1)?;
+        let (b, b_strides) = strided_2d(s2, l2)?;
+        let mut out = vec![0f32; m * n];
+        gemm_into(&mut out, (m, n, k), a, a_strides, b, b_strides, false)?;
+        Ok((CpuStorage::F32(out), Shape::from((m, n))))
+    }
+}
+
+/// # Safety
+/// `dst` holds `m·n` values and `a` reaches every `(row, column)` of an `(m, k)` matrix with
+/// the given strides; `b` likewise for `(k, n)`.
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_unchecked(
+    dst: &mut [f32],
+    (m, n, k): (usize, usize, usize),
+    a: *const f32,
+    (a_rs, a_cs): (usize, usize),
+    b: &[f32],
+    (b_rs, b_cs): (usize, usize),
+    accumulate: bool,
+    parallelism: gemm::Parallelism,
+) {
+    debug_assert!(dst.len() >= m * n);
+    // SAFETY: the caller guarantees the operands' extents.
     unsafe {
         gemm::gemm(
             m,
@@ -522,7 +636,7 @@ pub(crate) fn gemm_into(
             1,
             n as isize,
             accumulate,
-            a.as_ptr(),
+            a,
             a_cs as isize,
             a_rs as isize,
             b.as_ptr(),
@@ -536,7 +650,6 @@ pub(crate) fn gemm_into(
             parallelism,
         );
     }
-    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------

@@ -408,3 +408,25 @@ fn fused_attention_dropout_matches_reference() -> Result<()> {
     assert!(max_diff(&g[1], &gr[1])? < 1e-4);
     Ok(())
 }
+
+#[test]
+fn matmul_matches_candle_on_views() -> Result<()> {
+    // Small products take gemm's own path; ≥ 128 rows are split into row blocks per thread.
+    for (m, k, n) in [(3, 5, 7), (64, 33, 17), (300, 129, 65), (1031, 40, 9)] {
+        let a = randn(&[m, k], 1)?;
+        let b = randn(&[k, n], 2)?;
+        let want = a.matmul(&b)?;
+        let got = ops::matmul(&a, &b)?;
+        assert!(max_diff(&got, &want)? < 1e-4, "({m}×{k})·({k}×{n})");
+        // Transposed views (as x·Wᵀ and dYᵀ·x read them) and a narrowed one.
+        let at = randn(&[k, m], 3)?.t()?;
+        let bt = randn(&[n, k], 4)?.t()?;
+        let want = at.contiguous()?.matmul(&bt.contiguous()?)?;
+        assert!(max_diff(&ops::matmul(&at, &bt)?, &want)? < 1e-4);
+        let wide = randn(&[m, k + 6], 5)?;
+        let a_narrow = wide.narrow(1, 3, k)?;
+        let want = a_narrow.contiguous()?.matmul(&b)?;
+        assert!(max_diff(&ops::matmul(&a_narrow, &b)?, &want)? < 1e-4);
+    }
+    Ok(())
+}

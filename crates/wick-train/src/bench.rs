@@ -458,8 +458,8 @@ pub struct MatmulTiming {
     pub gflops: f64,
 }
 
-/// Times each product with Candle's matmul (the `gemm` crate, as wick's kernels use it) on
-/// random operands, `repeats` times after two warm-up runs, median.
+/// Times each product with the matmul of wick's kernels (`wick_model::ops::matmul`) on random
+/// operands, `repeats` times after two warm-up runs, median.
 pub fn bench_matmul(
     shapes: &[MatmulShape],
     repeats: usize,
@@ -481,7 +481,7 @@ pub fn bench_matmul(
         let mut times = Vec::new();
         for i in 0..repeats + 2 {
             let start = Instant::now();
-            let product = lhs.matmul(&rhs)?;
+            let product = wick_model::ops::matmul(&lhs, &rhs)?;
             // Reading one value waits for devices that run asynchronously.
             product.get(0)?.get(0)?.to_scalar::<f32>()?;
             if i >= 2 {
