@@ -286,17 +286,34 @@ pub enum BenchCommand {
     Matmul(BenchMatmulArgs),
 }
 
+/// The synthetic batch shape of `bench train` and `bench matmul`.
 #[derive(Debug, Args)]
-pub struct BenchMatmulArgs {
-    /// Model size.
-    #[arg(long, value_enum, default_value = "tiny")]
-    pub preset: Preset,
+pub struct BatchShapeArgs {
     #[arg(long, default_value_t = 64)]
     pub batch_size: usize,
     #[arg(long, default_value_t = 24)]
     pub src_len: usize,
     #[arg(long, default_value_t = 24)]
     pub tgt_len: usize,
+}
+
+impl BatchShapeArgs {
+    /// `(batch_size, src_len, tgt_len)`, all positive.
+    fn dims(&self) -> Result<(usize, usize, usize)> {
+        if self.batch_size == 0 || self.src_len == 0 || self.tgt_len == 0 {
+            bail!("--batch-size, --src-len and --tgt-len must be positive")
+        }
+        Ok((self.batch_size, self.src_len, self.tgt_len))
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct BenchMatmulArgs {
+    /// Model size.
+    #[arg(long, value_enum, default_value = "tiny")]
+    pub preset: Preset,
+    #[command(flatten)]
+    pub shape: BatchShapeArgs,
     /// Timed runs per product (after 2 untimed ones); the median is reported.
     #[arg(long, default_value_t = 7)]
     pub repeats: usize,
@@ -361,12 +378,8 @@ pub struct BenchTrainArgs {
     /// Vocabulary size with --config.
     #[arg(long, default_value_t = 4000)]
     pub vocab: usize,
-    #[arg(long, default_value_t = 64)]
-    pub batch_size: usize,
-    #[arg(long, default_value_t = 24)]
-    pub src_len: usize,
-    #[arg(long, default_value_t = 24)]
-    pub tgt_len: usize,
+    #[command(flatten)]
+    pub shape: BatchShapeArgs,
     /// Timed steps (after 3 untimed warm-up steps).
     #[arg(long, default_value_t = 10)]
     pub steps: usize,
@@ -731,16 +744,17 @@ fn cmd_bench_train(a: BenchTrainArgs) -> Result<()> {
         Some(path) => (Config::load(path, &[])?.model, a.vocab),
         None => a.preset.config(),
     };
-    if a.steps == 0 || a.batch_size == 0 || a.src_len == 0 || a.tgt_len == 0 {
-        bail!("--steps, --batch-size, --src-len and --tgt-len must be positive")
+    let (batch_size, src_len, tgt_len) = a.shape.dims()?;
+    if a.steps == 0 {
+        bail!("--steps must be positive")
     }
     let device = parse_device(&a.device)?;
     let r = bench_train(BenchRequest {
         model,
         vocab,
-        batch_size: a.batch_size,
-        src_len: a.src_len,
-        tgt_len: a.tgt_len,
+        batch_size,
+        src_len,
+        tgt_len,
         steps: a.steps,
         warmup: 3,
         device,
@@ -770,12 +784,13 @@ fn cmd_bench_train(a: BenchTrainArgs) -> Result<()> {
 }
 
 fn cmd_bench_matmul(a: BenchMatmulArgs) -> Result<()> {
-    if a.repeats == 0 || a.batch_size == 0 || a.src_len == 0 || a.tgt_len == 0 {
-        bail!("--repeats, --batch-size, --src-len and --tgt-len must be positive")
+    let (b, s, t) = a.shape.dims()?;
+    if a.repeats == 0 {
+        bail!("--repeats must be positive")
     }
     let device = parse_device(&a.device)?;
     let (cfg, vocab) = a.preset.config();
-    let shapes = crate::bench::step_products(&cfg, vocab, a.batch_size, a.src_len, a.tgt_len);
+    let shapes = crate::bench::step_products(&cfg, vocab, b, s, t);
     let timings = crate::bench::bench_matmul(&shapes, a.repeats, &device)?;
     let per_step = |pass: &str| -> f64 {
         timings
@@ -790,8 +805,7 @@ fn cmd_bench_matmul(a: BenchMatmulArgs) -> Result<()> {
         .map(|t| 2.0 * (t.shape.m * t.shape.k * t.shape.n * t.shape.count) as f64)
         .sum();
     // What share of the step's matmul FLOPs (as `wick bench train` counts them) these cover.
-    let step_flops =
-        3.0 * crate::bench::forward_flops(&cfg, vocab, a.batch_size, a.src_len, a.tgt_len);
+    let step_flops = 3.0 * crate::bench::forward_flops(&cfg, vocab, b, s, t);
     let total_ms = forward_ms + backward_ms;
     if a.json {
         println!(
