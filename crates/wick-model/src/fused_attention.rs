@@ -21,6 +21,8 @@ use candle_core::{
 };
 use std::sync::Arc;
 
+use multiversion::multiversion;
+use multiversion::target::selected_target;
 use rayon::prelude::*;
 
 use crate::dropout::Dropout;
@@ -95,10 +97,26 @@ fn with_bias<R>(bias: &Tensor, g: &Geometry, f: impl FnOnce(Bias<'_>) -> Result<
     })
 }
 
-/// Dot product with eight independent accumulators, which the compiler turns into SIMD lanes
-/// (a single running sum would have to stay scalar to keep the order of float additions).
-#[inline]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
+/// Dot product of two head rows. `FMA` is true only inside the kernels' AVX2+FMA builds
+/// (see [`forward_sentence`]), which take the intrinsic version: LLVM vectorises the portable
+/// loop into one accumulator chain and a scalar horizontal sum, which at d_k = 32 cost more
+/// than the products (measured in `perf annotate`). Always inlined, here and below, so that
+/// the kernels' builds compile it with their features.
+#[inline(always)]
+fn dot<const FMA: bool>(a: &[f32], b: &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if FMA {
+        // SAFETY: `FMA` is set only in code compiled for, and dispatched to, CPUs with AVX2
+        // and FMA.
+        return unsafe { dot_fma(a, b) };
+    }
+    dot_portable(a, b)
+}
+
+/// Eight independent accumulators, which the compiler turns into SIMD lanes (a single
+/// running sum would have to stay scalar to keep the order of float additions).
+#[inline(always)]
+fn dot_portable(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; 8];
     let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
     let (ra, rb) = (ca.remainder(), cb.remainder());
@@ -114,8 +132,87 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     s
 }
 
-/// `y += a·x`.
+/// Two 8-lane fused multiply-add chains and one shuffle-based horizontal sum. Written with
+/// intrinsics because the compiler does not produce this shape from portable code.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
 #[inline]
+unsafe fn dot_fma(a: &[f32], b: &[f32]) -> f32 {
+    use std::arch::x86_64::*;
+    let n = a.len().min(b.len());
+    let (pa, pb) = (a.as_ptr(), b.as_ptr());
+    let mut i = 0;
+    // SAFETY: every load reads 8 floats at i + 8 ≤ n (or i + 16 ≤ n) of both slices.
+    unsafe {
+        let (mut acc0, mut acc1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+        while i + 16 <= n {
+            acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pb.add(i)), acc0);
+            let (x, y) = (
+                _mm256_loadu_ps(pa.add(i + 8)),
+                _mm256_loadu_ps(pb.add(i + 8)),
+            );
+            acc1 = _mm256_fmadd_ps(x, y, acc1);
+            i += 16;
+        }
+        if i + 8 <= n {
+            acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pb.add(i)), acc0);
+            i += 8;
+        }
+        let acc = _mm256_add_ps(acc0, acc1);
+        let s4 = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps::<1>(acc));
+        let s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+        let mut s = _mm_cvtss_f32(_mm_add_ss(s2, _mm_shuffle_ps::<1>(s2, s2)));
+        while i < n {
+            s += a[i] * b[i];
+            i += 1;
+        }
+        s
+    }
+}
+
+/// `o = Σ_j p_j · v_j` over rows `v_j = rows[j·stride + col..][..o.len()]`, skipping zero
+/// weights. For the usual head widths the sum is held in a fixed-size array the compiler
+/// keeps in registers; adding into `o` row by row would make every step wait for the last
+/// one's store.
+#[inline(always)]
+fn weighted_rows(o: &mut [f32], p: &[f32], rows: &[f32], stride: usize, col: usize) {
+    match o.len() {
+        16 => weighted_rows_n::<16>(o, p, rows, stride, col),
+        32 => weighted_rows_n::<32>(o, p, rows, stride, col),
+        64 => weighted_rows_n::<64>(o, p, rows, stride, col),
+        dk => {
+            o.fill(0.0);
+            for (j, &pj) in p.iter().enumerate() {
+                if pj != 0.0 {
+                    axpy(o, pj, &rows[j * stride + col..][..dk]);
+                }
+            }
+        }
+    }
+}
+
+#[inline(always)]
+fn weighted_rows_n<const N: usize>(
+    o: &mut [f32],
+    p: &[f32],
+    rows: &[f32],
+    stride: usize,
+    col: usize,
+) {
+    let mut acc = [0f32; N];
+    for (j, &pj) in p.iter().enumerate() {
+        if pj != 0.0 {
+            let v = &rows[j * stride + col..][..N];
+            for l in 0..N {
+                acc[l] += pj * v[l];
+            }
+        }
+    }
+    o.copy_from_slice(&acc);
+}
+
+/// `y += a·x`.
+#[inline(always)]
 fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
     for (y, x) in y.iter_mut().zip(x) {
         *y += a * x;
@@ -124,7 +221,8 @@ fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
 
 /// Attention probabilities of head `h` of one sentence into `p` `(tq, tk)`; `q` and `kv` are
 /// that sentence's rows.
-fn probs(
+#[inline(always)]
+fn probs<const FMA: bool>(
     g: &Geometry,
     q: &[f32],
     kv: &[f32],
@@ -141,7 +239,7 @@ fn probs(
         let mut max = f32::NEG_INFINITY;
         for (j, s) in row.iter_mut().enumerate() {
             let kj = &kv[j * g.kvw + g.k_col + off..][..g.dk];
-            *s = g.scale * dot(qi, kj) + brow[j];
+            *s = g.scale * dot::<FMA>(qi, kj) + brow[j];
             max = max.max(*s);
         }
         let mut sum = 0.0;
@@ -159,6 +257,7 @@ fn probs(
 /// Output rows `(tq, d)` of one sentence, heads merged; `mask` is the sentence's attention
 /// dropout mask `(h, tq, tk)` (`0` or `1/(1-p)`), applied to the probabilities.
 #[allow(clippy::too_many_arguments)]
+#[multiversion(targets("x86_64+avx2+fma"))]
 fn forward_sentence(
     g: &Geometry,
     q: &[f32],
@@ -169,9 +268,10 @@ fn forward_sentence(
     out: &mut [f32],
     p: &mut [f32],
 ) {
+    const FMA: bool = selected_target!().supports_feature_str("fma");
     let d = g.d();
     for h in 0..g.heads {
-        probs(g, q, kv, bias, sentence, h, p);
+        probs::<FMA>(g, q, kv, bias, sentence, h, p);
         if let Some(m) = mask {
             for (p, m) in p.iter_mut().zip(&m[h * g.tq * g.tk..][..g.tq * g.tk]) {
                 *p *= m;
@@ -179,13 +279,7 @@ fn forward_sentence(
         }
         for i in 0..g.tq {
             let o = &mut out[i * d + h * g.dk..][..g.dk];
-            o.fill(0.0);
-            for j in 0..g.tk {
-                let pij = p[i * g.tk + j];
-                if pij != 0.0 {
-                    axpy(o, pij, &kv[j * g.kvw + g.v_col + h * g.dk..][..g.dk]);
-                }
-            }
+            weighted_rows(o, &p[i * g.tk..][..g.tk], kv, g.kvw, g.v_col + h * g.dk);
         }
     }
 }
@@ -231,6 +325,7 @@ struct Scratch {
 /// dV = (P∘M)ᵀ·dO, dP = (dO·Vᵀ)∘M, dS = P ∘ (dP − rowsum(P ∘ dP)), dQ = dS·K/√d_k,
 /// dK = dSᵀ·Q/√d_k.
 #[allow(clippy::too_many_arguments)]
+#[multiversion(targets("x86_64+avx2+fma"))]
 fn backward_sentence(
     g: &Geometry,
     q: &[f32],
@@ -241,6 +336,7 @@ fn backward_sentence(
     go: &[f32],
     s: &mut Scratch,
 ) {
+    const FMA: bool = selected_target!().supports_feature_str("fma");
     let d = g.d();
     let (tq, tk, dk) = (g.tq, g.tk, g.dk);
     s.p.resize(tq * tk, 0.0);
@@ -253,7 +349,7 @@ fn backward_sentence(
     }
     for h in 0..g.heads {
         let off = h * dk;
-        probs(g, q, kv, bias, sentence, h, &mut s.p);
+        probs::<FMA>(g, q, kv, bias, sentence, h, &mut s.p);
         let m = mask.map(|m| &m[h * tq * tk..][..tq * tk]);
         for i in 0..tq {
             let goi = &go[i * d + off..][..dk];
@@ -262,22 +358,24 @@ fn backward_sentence(
                 let pij = s.p[i * tk + j];
                 let mij = m.map_or(1.0, |m| m[i * tk + j]);
                 let vj = &kv[j * g.kvw + g.v_col + off..][..dk];
-                let dpij = dot(goi, vj) * mij;
+                let dpij = dot::<FMA>(goi, vj) * mij;
                 s.dp[i * tk + j] = dpij;
                 row += pij * dpij;
                 if pij * mij != 0.0 {
                     axpy(&mut s.dv[j * d + off..][..dk], pij * mij, goi);
                 }
             }
+            // dS of row i, in place of dP.
+            let qi = &q[i * g.qw + g.q_col + off..][..dk];
             for j in 0..tk {
                 let ds = s.p[i * tk + j] * (s.dp[i * tk + j] - row) * g.scale;
+                s.dp[i * tk + j] = ds;
                 if ds != 0.0 {
-                    let kj = &kv[j * g.kvw + g.k_col + off..][..dk];
-                    axpy(&mut s.dq[i * d + off..][..dk], ds, kj);
-                    let qi = &q[i * g.qw + g.q_col + off..][..dk];
                     axpy(&mut s.dk[j * d + off..][..dk], ds, qi);
                 }
             }
+            let dqi = &mut s.dq[i * d + off..][..dk];
+            weighted_rows(dqi, &s.dp[i * tk..][..tk], kv, g.kvw, g.k_col + off);
         }
     }
 }

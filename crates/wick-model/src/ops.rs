@@ -13,6 +13,7 @@
 use candle_core::{
     CpuStorage, CustomOp1, CustomOp2, CustomOp3, D, DType, Layout, Result, Shape, Tensor, bail,
 };
+use multiversion::multiversion;
 use rayon::prelude::*;
 
 /// Rows processed per parallel task; below this many elements a kernel runs serially.
@@ -77,14 +78,22 @@ pub(crate) fn fast_exp(x: f32) -> f32 {
     if x < -87.0 { 0.0 } else { p * scale }
 }
 
-/// `dst[j] = e^(src[j] − shift)`; returns the sum.
+/// `dst[j] = e^(src[j] − shift)`; returns the sum. Always inlined so that it is compiled
+/// with the vector width of the kernel it sits in.
+#[inline(always)]
 pub(crate) fn exp_shifted(dst: &mut [f32], src: &[f32], shift: f32) -> f32 {
     for (d, &s) in dst.iter_mut().zip(src) {
         *d = fast_exp(s - shift);
     }
-    // Eight partial sums vectorise; a single running sum would stay scalar.
+    lane_sum(dst)
+}
+
+/// Σ x with eight partial sums, which vectorise; a single running sum would stay scalar to
+/// keep the order of float additions.
+#[inline(always)]
+pub(crate) fn lane_sum(x: &[f32]) -> f32 {
     let mut acc = [0f32; 8];
-    let chunks = dst.chunks_exact(8);
+    let chunks = x.chunks_exact(8);
     let rest: f32 = chunks.remainder().iter().sum();
     for c in chunks {
         for l in 0..8 {
@@ -92,6 +101,77 @@ pub(crate) fn exp_shifted(dst: &mut [f32], src: &[f32], shift: f32) -> f32 {
         }
     }
     acc.iter().sum::<f32>() + rest
+}
+
+/// max x (−∞ for an empty row; NaNs are skipped), in eight lanes like [`lane_sum`].
+#[inline(always)]
+fn lane_max(x: &[f32]) -> f32 {
+    let mut acc = [f32::NEG_INFINITY; 8];
+    let chunks = x.chunks_exact(8);
+    let rest = chunks
+        .remainder()
+        .iter()
+        .copied()
+        .fold(f32::NEG_INFINITY, f32::max);
+    for c in chunks {
+        for l in 0..8 {
+            // A compare and select (one vector max): `f32::max` would add NaN fix-ups.
+            if c[l] > acc[l] {
+                acc[l] = c[l];
+            }
+        }
+    }
+    acc.iter().copied().fold(rest, f32::max)
+}
+
+/// Label-smoothed cross-entropy of one row of logits `xr` `(V,)` against `target`:
+/// `[smoothed, nll, correct]`, with `exp` `(V,)` left holding e^(x − max) and the second
+/// value its sum. `correct` is 1 when the first maximal logit is the target's.
+#[multiversion(targets("x86_64+avx2+fma"))]
+fn ce_row(xr: &[f32], exp: &mut [f32], target: usize, eps: f32) -> ([f32; 3], f32) {
+    let max = lane_max(xr);
+    let arg = xr.iter().position(|&x| x == max).unwrap_or(0);
+    let sum = exp_shifted(exp, xr, max);
+    let lse = max + sum.ln();
+    let mean_x = lane_sum(xr) / xr.len() as f32;
+    let nll = lse - xr[target];
+    let smoothed = (1.0 - eps) * nll + eps * (lse - mean_x);
+    ([smoothed, nll, if arg == target { 1.0 } else { 0.0 }], sum)
+}
+
+/// `y = a·x`, elementwise.
+#[multiversion(targets("x86_64+avx2+fma"))]
+fn scale_into(y: &mut [f32], x: &[f32], a: f32) {
+    for (y, &x) in y.iter_mut().zip(x) {
+        *y = x * a;
+    }
+}
+
+/// `y = softmax(x)` of one row.
+#[multiversion(targets("x86_64+avx2+fma"))]
+fn softmax_row(y: &mut [f32], x: &[f32]) {
+    let inv = 1.0 / exp_shifted(y, x, lane_max(x));
+    for v in y.iter_mut() {
+        *v *= inv;
+    }
+}
+
+/// `dx = g·softmax(x) − c`, elementwise.
+#[multiversion(targets("x86_64+avx2+fma"))]
+fn softmax_minus_uniform(dx: &mut [f32], x: &[f32], g: f32, c: f32) {
+    let sum = exp_shifted(dx, x, lane_max(x));
+    let scale = g / sum;
+    for o in dx.iter_mut() {
+        *o = *o * scale - c;
+    }
+}
+
+/// `y = a·(y − c)` in place, elementwise.
+#[multiversion(targets("x86_64+avx2+fma"))]
+fn shift_scale_in_place(y: &mut [f32], c: f32, a: f32) {
+    for y in y.iter_mut() {
+        *y = a * (*y - c);
+    }
 }
 
 fn use_kernel(xs: &Tensor) -> bool {
@@ -113,10 +193,7 @@ impl CustomOp1 for Softmax {
         let d = l.dims().last().copied().unwrap_or(1).max(1);
         let mut out = vec![0f32; x.len()];
         for_rows(&mut out, d, |i, y| {
-            let xr = &x[i * d..(i + 1) * d];
-            let max = xr.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let inv = 1.0 / exp_shifted(y, xr, max);
-            y.iter_mut().for_each(|v| *v *= inv);
+            softmax_row(y, &x[i * d..(i + 1) * d]);
         });
         Ok((CpuStorage::F32(out), l.shape().clone()))
     }
@@ -171,6 +248,89 @@ pub fn softmax_reference(xs: &Tensor) -> Result<Tensor> {
 }
 
 // ---------------------------------------------------------------------------------------
+// Decoding: argmax and log-softmax over the vocabulary, no autograd.
+
+/// Index of the first maximum of a row.
+#[multiversion(targets("x86_64+avx2+fma"))]
+fn row_argmax(x: &[f32]) -> u32 {
+    let max = lane_max(x);
+    x.iter().position(|&v| v == max).unwrap_or(0) as u32
+}
+
+struct Argmax;
+
+impl CustomOp1 for Argmax {
+    fn name(&self) -> &'static str {
+        "wick-argmax"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = slice(s, l, "argmax")?;
+        let dims = l.dims();
+        let Some((&d, rows)) = dims.split_last() else {
+            bail!("argmax: needs at least one dimension")
+        };
+        if d == 0 {
+            bail!("argmax: empty last dimension")
+        }
+        let out: Vec<u32> = x.chunks_exact(d).map(row_argmax).collect();
+        Ok((CpuStorage::U32(out), Shape::from(rows.to_vec())))
+    }
+}
+
+/// Index of the first maximum along the last dimension (greedy decoding's next token), as
+/// Candle's `argmax(D::Minus1)` but in one vectorised pass (Candle's reduction took ~9% of
+/// a greedy decoding step). No gradient.
+///
+/// # Shapes
+/// `(…, V)` f32 → `(…)` u32.
+pub fn argmax_last_dim(xs: &Tensor) -> Result<Tensor> {
+    if use_kernel(xs) {
+        xs.contiguous()?.apply_op1_no_bwd(&Argmax)
+    } else {
+        xs.argmax(D::Minus1)
+    }
+}
+
+/// `y = x − log Σ e^x` of one row.
+#[multiversion(targets("x86_64+avx2+fma"))]
+fn log_softmax_row(y: &mut [f32], x: &[f32]) {
+    let max = lane_max(x);
+    let lse = max + exp_shifted(y, x, max).ln();
+    for (y, &x) in y.iter_mut().zip(x) {
+        *y = x - lse;
+    }
+}
+
+struct LogSoftmax;
+
+impl CustomOp1 for LogSoftmax {
+    fn name(&self) -> &'static str {
+        "wick-log-softmax"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = slice(s, l, "log-softmax")?;
+        let d = l.dims().last().copied().unwrap_or(1).max(1);
+        let mut out = vec![0f32; x.len()];
+        for_rows(&mut out, d, |i, y| {
+            log_softmax_row(y, &x[i * d..(i + 1) * d])
+        });
+        Ok((CpuStorage::F32(out), l.shape().clone()))
+    }
+}
+
+/// Log-softmax over the last dimension for beam search: one fused pass per row where
+/// `candle_nn::ops::log_softmax` makes five full-size tensors. No gradient.
+pub fn log_softmax_last_dim(xs: &Tensor) -> Result<Tensor> {
+    if use_kernel(xs) {
+        xs.contiguous()?.apply_op1_no_bwd(&LogSoftmax)
+    } else {
+        candle_nn::ops::log_softmax(xs, D::Minus1)
+    }
+}
+
+// ---------------------------------------------------------------------------------------
 // Layer norm over the last dimension.
 
 struct LayerNormOp {
@@ -178,11 +338,33 @@ struct LayerNormOp {
 }
 
 /// Mean and 1/σ of a row.
+#[inline(always)]
 fn row_stats(x: &[f32], eps: f32) -> (f32, f32) {
     let n = x.len() as f32;
-    let mean = x.iter().sum::<f32>() / n;
-    let var = x.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n;
+    let mean = lane_sum(x) / n;
+    let mut acc = [0f32; 8];
+    let chunks = x.chunks_exact(8);
+    let rest: f32 = chunks
+        .remainder()
+        .iter()
+        .map(|v| (v - mean) * (v - mean))
+        .sum();
+    for c in chunks {
+        for l in 0..8 {
+            acc[l] += (c[l] - mean) * (c[l] - mean);
+        }
+    }
+    let var = (acc.iter().sum::<f32>() + rest) / n;
     (mean, 1.0 / (var + eps).sqrt())
+}
+
+/// `y = (x − μ)/σ · γ + β` of one row.
+#[multiversion(targets("x86_64+avx2+fma"))]
+fn layer_norm_row(y: &mut [f32], x: &[f32], w: &[f32], b: &[f32], eps: f32) {
+    let (mean, rstd) = row_stats(x, eps);
+    for (((y, &x), &w), &b) in y.iter_mut().zip(x).zip(w).zip(b) {
+        *y = (x - mean) * rstd * w + b;
+    }
 }
 
 impl CustomOp3 for LayerNormOp {
@@ -207,11 +389,7 @@ impl CustomOp3 for LayerNormOp {
         let d = w.len();
         let mut out = vec![0f32; x.len()];
         for_rows(&mut out, d, |i, y| {
-            let xr = &x[i * d..(i + 1) * d];
-            let (mean, rstd) = row_stats(xr, self.eps);
-            for j in 0..d {
-                y[j] = (xr[j] - mean) * rstd * w[j] + b[j];
-            }
+            layer_norm_row(y, &x[i * d..(i + 1) * d], w, b, self.eps)
         });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
@@ -234,6 +412,50 @@ impl CustomOp3 for LayerNormOp {
         let db = packed.narrow(0, n * d + d, d)?;
         Ok((Some(dx), Some(dw), Some(db)))
     }
+}
+
+/// Layer-norm backward of the rows of `dx` (`x`, `dy` start at the same row; extra rows are
+/// ignored); returns this block's partial `[dγ | dβ]`.
+#[multiversion(targets("x86_64+avx2+fma"))]
+fn layer_norm_backward_rows(
+    dx: &mut [f32],
+    x: &[f32],
+    dy: &[f32],
+    w: &[f32],
+    eps: f32,
+) -> Vec<f32> {
+    let d = w.len();
+    let mut acc = vec![0f32; 2 * d];
+    let mut xhat = vec![0f32; d];
+    let mut g = vec![0f32; d];
+    for ((dxr, xr), dyr) in dx.chunks_mut(d).zip(x.chunks(d)).zip(dy.chunks(d)) {
+        let (mean, rstd) = row_stats(xr, eps);
+        for j in 0..d {
+            xhat[j] = (xr[j] - mean) * rstd;
+            g[j] = dyr[j] * w[j];
+            acc[j] += dyr[j] * xhat[j];
+            acc[d + j] += dyr[j];
+        }
+        let mean_g = lane_sum(&g) / d as f32;
+        let mut gx = [0f32; 8];
+        let (gc, xc) = (g.chunks_exact(8), xhat.chunks_exact(8));
+        let rest: f32 = gc
+            .remainder()
+            .iter()
+            .zip(xc.remainder())
+            .map(|(a, b)| a * b)
+            .sum();
+        for (a, b) in gc.zip(xc) {
+            for l in 0..8 {
+                gx[l] += a[l] * b[l];
+            }
+        }
+        let mean_gx = (gx.iter().sum::<f32>() + rest) / d as f32;
+        for j in 0..d {
+            dxr[j] = (g[j] - mean_g - xhat[j] * mean_gx) * rstd;
+        }
+    }
+    acc
 }
 
 /// With x̂ = (x − μ)/σ and g = dy ⊙ γ: `dx = (g − mean(g) − x̂ ⊙ mean(g ⊙ x̂)) / σ`,
@@ -269,28 +491,8 @@ impl CustomOp3 for LayerNormBackward {
             .par_chunks_mut(rows_per_task * d)
             .enumerate()
             .map(|(c, chunk)| {
-                let mut acc = vec![0f32; 2 * d];
-                let mut xhat = vec![0f32; d];
-                for (r, dxr) in chunk.chunks_mut(d).enumerate() {
-                    let i = c * rows_per_task + r;
-                    let (xr, dyr) = (&x[i * d..(i + 1) * d], &dy[i * d..(i + 1) * d]);
-                    let (mean, rstd) = row_stats(xr, self.eps);
-                    let (mut mean_g, mut mean_gx) = (0f32, 0f32);
-                    for j in 0..d {
-                        xhat[j] = (xr[j] - mean) * rstd;
-                        let g = dyr[j] * w[j];
-                        mean_g += g;
-                        mean_gx += g * xhat[j];
-                        acc[j] += dyr[j] * xhat[j];
-                        acc[d + j] += dyr[j];
-                    }
-                    mean_g /= d as f32;
-                    mean_gx /= d as f32;
-                    for j in 0..d {
-                        dxr[j] = (dyr[j] * w[j] - mean_g - xhat[j] * mean_gx) * rstd;
-                    }
-                }
-                acc
+                let rows = c * rows_per_task * d..;
+                layer_norm_backward_rows(chunk, &x[rows.clone()], &dy[rows], w, self.eps)
             })
             .collect();
         for p in partials {
@@ -357,23 +559,9 @@ impl CustomOp2 for SmoothedCrossEntropy {
         let mut out = vec![0f32; n * 3];
         let eps = self.epsilon;
         let per_row = |scratch: &mut Vec<f32>, i: usize, o: &mut [f32]| {
-            let xr = &x[i * v..(i + 1) * v];
-            let (mut max, mut arg) = (f32::NEG_INFINITY, 0usize);
-            for (j, &xj) in xr.iter().enumerate() {
-                if xj > max {
-                    max = xj;
-                    arg = j;
-                }
-            }
             scratch.resize(v, 0.0);
-            let sum_exp = exp_shifted(scratch, xr, max);
-            let lse = max + sum_exp.ln();
-            let mean_x = xr.iter().sum::<f32>() / v as f32;
-            let target = y[i] as usize;
-            let nll = lse - xr[target];
-            o[0] = (1.0 - eps) * nll + eps * (lse - mean_x);
-            o[1] = nll;
-            o[2] = if arg == target { 1.0 } else { 0.0 };
+            let (stats, _) = ce_row(&x[i * v..(i + 1) * v], scratch, y[i] as usize, eps);
+            o.copy_from_slice(&stats);
         };
         if n * v >= PAR_MIN_ELEMS {
             out.par_chunks_mut(3)
@@ -438,11 +626,7 @@ impl CustomOp3 for SmoothedCrossEntropyBackward {
                 return; // padded position: zero gradient, already zero
             }
             let xr = &x[i * v..(i + 1) * v];
-            let max = xr.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let scale = gi / exp_shifted(dx, xr, max);
-            for o in dx.iter_mut() {
-                *o = *o * scale - gi * uniform;
-            }
+            softmax_minus_uniform(dx, xr, gi, gi * uniform);
             dx[y[i] as usize] -= gi * (1.0 - self.epsilon);
         });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
@@ -484,16 +668,21 @@ pub fn label_smoothed_cross_entropy(
     ))
 }
 
-/// Rows of the output per task below which [`gemm_into`] leaves threading to `gemm`.
+/// Rows of the output per task below which [`gemm_into`] does not split rows.
 const GEMM_MIN_ROWS_PER_TASK: usize = 64;
+
+/// Columns of the output per task below which [`gemm_into`] does not split columns.
+const GEMM_MIN_COLS_PER_TASK: usize = 512;
 
 /// `dst` `(m, n)` row-major = A·B (`+= ` with `accumulate`), A `(m, k)` and B `(k, n)` read
 /// through (row, column) strides, on the `gemm` kernel Candle's own matmul uses.
 ///
-/// With several threads and enough rows, the rows are split into one block per thread and
-/// each block is a single-threaded `gemm`: `gemm`'s own threading splits every k-block of the
-/// product and synchronises after each, which measured slower on the training step's shapes
-/// (`wick bench matmul`) on this class of machine (few cores).
+/// With several threads the output is split into one block per thread, each a
+/// single-threaded `gemm`: by rows when there are enough, else by columns (decoding projects
+/// a few dozen rows onto the whole vocabulary). `gemm`'s own threading splits every k-block
+/// of the product and synchronises after each, which measured slower on the training step's
+/// shapes (`wick bench matmul`) on this class of machine (few cores); it is left the
+/// products too small to split.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn gemm_into(
     dst: &mut [f32],
@@ -515,26 +704,54 @@ pub(crate) fn gemm_into(
         bail!("gemm: buffers too small for ({m}×{k})·({k}×{n})")
     }
     let threads = candle_core::utils::get_num_threads();
+    let (ap, bp) = (SendPtr(a.as_ptr()), SendPtr(b.as_ptr()));
+    let product = |dst: *mut f32, (rows, cols): (usize, usize), a, b, parallelism| {
+        // SAFETY: the blocks handed out below lie within the extents checked above, and no
+        // two blocks of `dst` overlap.
+        unsafe {
+            gemm_unchecked(
+                dst,
+                n,
+                (rows, cols, k),
+                a,
+                (a_rs, a_cs),
+                b,
+                (b_rs, b_cs),
+                accumulate,
+                parallelism,
+            )
+        }
+    };
     if threads > 1 && m >= 2 * GEMM_MIN_ROWS_PER_TASK && n > 0 {
         let rows_per_task = m.div_ceil(threads).max(GEMM_MIN_ROWS_PER_TASK);
         dst[..m * n]
             .par_chunks_mut(rows_per_task * n)
             .enumerate()
             .for_each(|(i, block)| {
+                let a = ap.get().wrapping_add(i * rows_per_task * a_rs);
                 let rows = block.len() / n;
-                // SAFETY: rows i·r .. i·r + rows of A are within the reach checked above.
-                unsafe {
-                    gemm_unchecked(
-                        block,
-                        (rows, n, k),
-                        a.as_ptr().add(i * rows_per_task * a_rs),
-                        (a_rs, a_cs),
-                        b,
-                        (b_rs, b_cs),
-                        accumulate,
-                        gemm::Parallelism::None,
-                    )
-                }
+                product(
+                    block.as_mut_ptr(),
+                    (rows, n),
+                    a,
+                    bp.get(),
+                    gemm::Parallelism::None,
+                );
+            });
+        return Ok(());
+    }
+    if threads > 1 && n >= 2 * GEMM_MIN_COLS_PER_TASK && m > 0 {
+        // Multiples of 16 columns keep every block's edges on the kernel's register tiles.
+        let cols_per_task = n.div_ceil(threads).next_multiple_of(16);
+        let d = SendPtr(dst.as_mut_ptr() as *const f32);
+        (0..n.div_ceil(cols_per_task))
+            .into_par_iter()
+            .for_each(|i| {
+                let j = i * cols_per_task;
+                let cols = cols_per_task.min(n - j);
+                let dst = d.get().wrapping_add(j) as *mut f32;
+                let b = bp.get().wrapping_add(j * b_cs);
+                product(dst, (m, cols), ap.get(), b, gemm::Parallelism::None);
             });
         return Ok(());
     }
@@ -543,20 +760,24 @@ pub(crate) fn gemm_into(
     } else {
         gemm::Parallelism::None
     };
-    // SAFETY: the lengths were checked above against every index the strides reach.
-    unsafe {
-        gemm_unchecked(
-            dst,
-            (m, n, k),
-            a.as_ptr(),
-            (a_rs, a_cs),
-            b,
-            (b_rs, b_cs),
-            accumulate,
-            parallelism,
-        )
-    };
+    product(dst.as_mut_ptr(), (m, n), ap.get(), bp.get(), parallelism);
     Ok(())
+}
+
+/// A pointer handed to worker threads that write disjoint blocks of one buffer.
+#[derive(Clone, Copy)]
+struct SendPtr(*const f32);
+
+// SAFETY: only used for blocks of buffers that outlive the parallel loop, read-only or
+// written in disjoint parts.
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+
+impl SendPtr {
+    /// Through a method, so that closures capture the wrapper (Send) and not the field.
+    fn get(self) -> *const f32 {
+        self.0
+    }
 }
 
 /// `a·b` for 2-D f32 tensors on the CPU, either operand possibly a transposed or narrowed view,
@@ -612,34 +833,35 @@ impl CustomOp2 for MatMul {
 }
 
 /// # Safety
-/// `dst` holds `m·n` values and `a` reaches every `(row, column)` of an `(m, k)` matrix with
-/// the given strides; `b` likewise for `(k, n)`.
+/// `dst` reaches every `(row, column)` of an `(m, n)` matrix with row stride `dst_rs` (column
+/// stride 1), `a` every element of an `(m, k)` matrix with the given strides, `b` likewise
+/// for `(k, n)`; no other thread touches those elements of `dst`.
 #[allow(clippy::too_many_arguments)]
 unsafe fn gemm_unchecked(
-    dst: &mut [f32],
+    dst: *mut f32,
+    dst_rs: usize,
     (m, n, k): (usize, usize, usize),
     a: *const f32,
     (a_rs, a_cs): (usize, usize),
-    b: &[f32],
+    b: *const f32,
     (b_rs, b_cs): (usize, usize),
     accumulate: bool,
     parallelism: gemm::Parallelism,
 ) {
-    debug_assert!(dst.len() >= m * n);
     // SAFETY: the caller guarantees the operands' extents.
     unsafe {
         gemm::gemm(
             m,
             n,
             k,
-            dst.as_mut_ptr(),
+            dst,
             1,
-            n as isize,
+            dst_rs as isize,
             accumulate,
             a,
             a_cs as isize,
             a_rs as isize,
-            b.as_ptr(),
+            b,
             b_cs as isize,
             b_rs as isize,
             1.0,
@@ -686,27 +908,10 @@ impl ProjectedCrossEntropy {
             .zip(out.par_chunks_mut(3))
             .enumerate()
             .for_each_init(Vec::new, |scratch: &mut Vec<f32>, (i, (row, o))| {
-                let (mut max, mut arg) = (f32::NEG_INFINITY, 0usize);
-                for (j, &x) in row.iter().enumerate() {
-                    if x > max {
-                        max = x;
-                        arg = j;
-                    }
-                }
-                let mean_x = row.iter().sum::<f32>() / v as f32;
-                let target = y[i] as usize;
-                let x_target = row[target];
                 scratch.resize(v, 0.0);
-                let sum = exp_shifted(scratch, row, max);
-                let lse = max + sum.ln();
-                let inv = 1.0 / sum;
-                for (p, &e) in row.iter_mut().zip(scratch.iter()) {
-                    *p = e * inv;
-                }
-                let nll = lse - x_target;
-                o[0] = (1.0 - eps) * nll + eps * (lse - mean_x);
-                o[1] = nll;
-                o[2] = if arg == target { 1.0 } else { 0.0 };
+                let (stats, sum) = ce_row(row, scratch, y[i] as usize, eps);
+                scale_into(row, scratch, 1.0 / sum); // probabilities
+                o.copy_from_slice(&stats);
             });
         Ok((probs, out))
     }
@@ -816,9 +1021,7 @@ impl CustomOp3 for ProjectedCrossEntropyBackward<'_> {
                 row.fill(0.0); // padded position
                 return;
             }
-            for p in row.iter_mut() {
-                *p = gi * (*p - uniform);
-            }
+            shift_scale_in_place(row, uniform, gi);
             row[y[i] as usize] -= gi * on_target;
         });
         let mut both = vec![0f32; n * d + v * d];

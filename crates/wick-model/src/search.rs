@@ -71,7 +71,7 @@ fn greedy_loop(
             break;
         }
         let logits = next_logits(&tokens)?; // (b, V)
-        let next = logits.argmax(D::Minus1)?; // (b,)
+        let next = crate::ops::argmax_last_dim(&logits)?; // (b,)
         let next_host = next.to_vec1::<u32>()?;
         for (i, &tok) in next_host.iter().enumerate() {
             if done[i] {
@@ -181,7 +181,7 @@ pub fn beam_search<M: Seq2Seq>(
     while !active.is_empty() {
         step += 1;
         let logits = model.decode_step(&mem, &tokens, &mut cache)?; // (rows, V)
-        let log_probs = candle_nn::ops::log_softmax(&logits, D::Minus1)?.to_vec2::<f32>()?;
+        let log_probs = crate::ops::log_softmax_last_dim(&logits)?.to_vec2::<f32>()?;
         let mut next_rows: Vec<u32> = Vec::new();
         let mut next_tokens: Vec<u32> = Vec::new();
         let mut next_active = Vec::new();

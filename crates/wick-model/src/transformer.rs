@@ -217,7 +217,10 @@ impl Seq2Seq for Transformer {
             &memory.src_bias,
         )?; // (b, 1, d)
         cache.offset += 1;
-        self.project(&hidden)?.reshape((b, self.vocab.tgt))
+        // No autograd while decoding, so the product can run on wick's matmul, which splits
+        // these few rows × the vocabulary across threads by columns.
+        let d = hidden.dim(2)?;
+        crate::ops::matmul(&hidden.reshape((b, d))?, &self.output_weight.t()?) // (b, V)
     }
 
     fn select_cache(&self, cache: &Self::Cache, indices: &Tensor) -> Result<Self::Cache> {

@@ -162,6 +162,10 @@ fn fused_attention_matches_reference() -> Result<()> {
         (1, 1, 1, 8, 2),
         (4, 7, 4, 9, 3),
         (16, 24, 4, 32, 4),
+        // The head widths with register-held sums (16, 64) and a 32-lane dot with a tail (40).
+        (3, 6, 2, 16, 5),
+        (2, 9, 2, 64, 6),
+        (2, 5, 1, 40, 7),
     ] {
         let d = heads * dk;
         let qkv = randn(&[b, t, 3 * d], seed)?;
@@ -360,9 +364,17 @@ fn projected_cross_entropy_matches_composed() -> Result<()> {
 
 #[test]
 fn fused_attention_dropout_matches_reference() -> Result<()> {
+    // d_k 8 takes the generic weighted sum, 32 the register-held one; both skip dropped keys.
+    for dk in [8, 32] {
+        attention_dropout_case(dk)?;
+    }
+    Ok(())
+}
+
+fn attention_dropout_case(dk: usize) -> Result<()> {
     use wick_model::dropout::{Dropout, DropoutRng};
     use wick_model::fused_attention as fa;
-    let (b, t, heads, dk) = (4, 9, 2, 8);
+    let (b, t, heads) = (4, 9, 2);
     let d = heads * dk;
     let qkv = randn(&[b, t, 3 * d], 31)?;
     let kv = randn(&[b, t + 3, 2 * d], 32)?;
@@ -410,9 +422,34 @@ fn fused_attention_dropout_matches_reference() -> Result<()> {
 }
 
 #[test]
+fn decoding_argmax_and_log_softmax_match_candle() -> Result<()> {
+    use candle_core::D;
+    let x = (randn(&[5, 1037], 41)? * 4.0)?;
+    let got = ops::argmax_last_dim(&x)?;
+    assert_eq!(got.dims(), &[5]);
+    assert_eq!(
+        got.to_vec1::<u32>()?,
+        x.argmax(D::Minus1)?.to_vec1::<u32>()?
+    );
+    // Ties go to the first maximum, as a left-to-right scan finds it.
+    let tied = Tensor::new(&[[1f32, 3.0, 3.0, 0.0], [2.0, 2.0, 2.0, 2.0]], &Device::Cpu)?;
+    assert_eq!(ops::argmax_last_dim(&tied)?.to_vec1::<u32>()?, [1, 0]);
+    let want = candle_nn::ops::log_softmax(&x, D::Minus1)?;
+    assert!(max_diff(&ops::log_softmax_last_dim(&x)?, &want)? < 1e-5);
+    Ok(())
+}
+
+#[test]
 fn matmul_matches_candle_on_views() -> Result<()> {
-    // Small products take gemm's own path; ≥ 128 rows are split into row blocks per thread.
-    for (m, k, n) in [(3, 5, 7), (64, 33, 17), (300, 129, 65), (1031, 40, 9)] {
+    // Small products take gemm's own path; ≥ 128 rows are split into row blocks per thread,
+    // fewer rows but ≥ 1024 columns into column blocks (a decoding step's projection).
+    for (m, k, n) in [
+        (3, 5, 7),
+        (64, 33, 17),
+        (300, 129, 65),
+        (1031, 40, 9),
+        (7, 24, 1037),
+    ] {
         let a = randn(&[m, k], 1)?;
         let b = randn(&[k, n], 2)?;
         let want = a.matmul(&b)?;
