@@ -119,6 +119,26 @@ pub fn length_penalty(len: usize, alpha: f64) -> f64 {
     }
 }
 
+/// The `k` largest values of `row` with their indices into `best`, largest first; equal
+/// values keep the lower index first (as greedy's argmax does, so beam 1 picks the same
+/// token). One pass over the row with a short sorted list: a value enters only if it beats
+/// the current k-th, which after the first few hundred entries is rare.
+fn top_k(row: &[f32], k: usize, best: &mut Vec<(f32, u32)>) {
+    best.clear();
+    if k == 0 {
+        return;
+    }
+    for (j, &x) in row.iter().enumerate() {
+        if x.is_nan() || (best.len() == k && x <= best[k - 1].0) {
+            continue;
+        }
+        // After every element ≥ x, so that ties stay in index order.
+        let at = best.partition_point(|&(y, _)| y >= x);
+        best.insert(at, (x, j as u32));
+        best.truncate(k);
+    }
+}
+
 /// Batched beam search with the key/value cache.
 ///
 /// Every sentence keeps `beam` live hypotheses; each step scores all `beam × V` extensions,
@@ -178,10 +198,15 @@ pub fn beam_search<M: Seq2Seq>(
     let mut cache = model.start_decoding(&mem)?;
     let mut tokens = Tensor::full(ids.bos, (rows.len(), 1), &device)?;
     let mut step = 0usize;
+    let mut best = Vec::with_capacity(2 * k + 1);
     while !active.is_empty() {
         step += 1;
         let logits = model.decode_step(&mem, &tokens, &mut cache)?; // (rows, V)
-        let log_probs = crate::ops::log_softmax_last_dim(&logits)?.to_vec2::<f32>()?;
+        let v = logits.dim(1)?;
+        // One flat copy to the host; rows are sliced out of it below.
+        let log_probs = crate::ops::log_softmax_last_dim(&logits)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
         let mut next_rows: Vec<u32> = Vec::new();
         let mut next_tokens: Vec<u32> = Vec::new();
         let mut next_active = Vec::new();
@@ -192,14 +217,10 @@ pub fn beam_search<M: Seq2Seq>(
             // not end the sentence.
             let mut cands: Vec<(f64, usize, u32)> = Vec::with_capacity(n_live * 2 * k);
             for (j, lv) in live[s].iter().enumerate() {
-                let lp = &log_probs[row + j];
-                let mut order: Vec<u32> = (0..lp.len() as u32).collect();
-                let take = (2 * k).min(order.len());
-                order.select_nth_unstable_by(take - 1, |&a, &c| {
-                    lp[c as usize].total_cmp(&lp[a as usize])
-                });
-                for &t in &order[..take] {
-                    cands.push((lv.log_prob + lp[t as usize] as f64, j, t));
+                let lp = &log_probs[(row + j) * v..][..v];
+                top_k(lp, 2 * k, &mut best);
+                for &(l, t) in &best {
+                    cands.push((lv.log_prob + l as f64, j, t));
                 }
             }
             cands.sort_by(|a, c| c.0.total_cmp(&a.0).then(a.1.cmp(&c.1)).then(a.2.cmp(&c.2)));
@@ -294,4 +315,36 @@ pub fn forced_log_prob<M: Seq2Seq>(
         .squeeze(0)?
         .to_vec2::<f32>()?;
     Ok((0..n).map(|i| lp[i][target[i] as usize] as f64).sum())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::top_k;
+
+    #[test]
+    fn top_k_matches_a_full_sort() {
+        // Values from a small set, so that ties are common.
+        let mut state = 12345u32;
+        let row: Vec<f32> = (0..500)
+            .map(|_| {
+                state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                ((state >> 24) % 40) as f32 * -0.25
+            })
+            .collect();
+        let mut want: Vec<(f32, u32)> = row
+            .iter()
+            .enumerate()
+            .map(|(j, &x)| (x, j as u32))
+            .collect();
+        want.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+        let mut best = Vec::new();
+        for k in [1, 2, 10, 37] {
+            top_k(&row, k, &mut best);
+            assert_eq!(best, want[..k], "k = {k}");
+        }
+        top_k(&row[..3], 10, &mut best);
+        assert_eq!(best.len(), 3);
+        top_k(&[f32::NAN, -1.0, f32::NAN, -0.5], 2, &mut best);
+        assert_eq!(best, [(-0.5, 3), (-1.0, 1)]);
+    }
 }
