@@ -678,8 +678,8 @@ const GEMM_MIN_COLS_PER_TASK: usize = 512;
 /// through (row, column) strides, on the `gemm` kernel Candle's own matmul uses.
 ///
 /// With several threads the output is split into one block per thread, each a
-/// single-threaded `gemm`: by rows when there are enough, else by columns (decoding projects
-/// a few dozen rows onto the whole vocabulary). `gemm`'s own threading splits every k-block
+/// single-threaded `gemm`: by rows, or by columns when there are more columns than rows
+/// (the projection onto the vocabulary). `gemm`'s own threading splits every k-block
 /// of the product and synchronises after each, which measured slower on the training step's
 /// shapes (`wick bench matmul`) on this class of machine (few cores); it is left the
 /// products too small to split.
@@ -722,7 +722,12 @@ pub(crate) fn gemm_into(
             )
         }
     };
-    if threads > 1 && m >= 2 * GEMM_MIN_ROWS_PER_TASK && n > 0 {
+    // Every block packs its own copy of the operand it shares with the other blocks, so the
+    // split runs along the longer side of the output: row blocks share B (k × n), column
+    // blocks share A (m × k). Decoding's projection onto the vocabulary, 320 rows by 16,000
+    // columns for beam 5, packed all of Wᵀ once per row block.
+    let by_rows = m >= 2 * GEMM_MIN_ROWS_PER_TASK && (m >= n || n < 2 * GEMM_MIN_COLS_PER_TASK);
+    if threads > 1 && by_rows && n > 0 {
         let rows_per_task = m.div_ceil(threads).max(GEMM_MIN_ROWS_PER_TASK);
         dst[..m * n]
             .par_chunks_mut(rows_per_task * n)
