@@ -441,8 +441,9 @@ fn decoding_argmax_and_log_softmax_match_candle() -> Result<()> {
 
 #[test]
 fn matmul_matches_candle_on_views() -> Result<()> {
-    // Small products take gemm's own path; ≥ 128 rows are split into row blocks per thread,
-    // fewer rows but ≥ 1024 columns into column blocks (a decoding step's projection).
+    // Small products take gemm's own path; otherwise the output is split along its longer
+    // side: ≥ 128 rows into row blocks per thread, ≥ 1024 columns (more than the rows) into
+    // column blocks (a decoding step's projection).
     for (m, k, n) in [
         (3, 5, 7),
         (64, 33, 17),
