@@ -174,6 +174,20 @@ fn shift_scale_in_place(y: &mut [f32], c: f32, a: f32) {
     }
 }
 
+/// A same-shape output computed row by row over the last dimension: `row(out_row, in_row)`.
+fn map_last_dim(
+    s: &CpuStorage,
+    l: &Layout,
+    what: &str,
+    row: impl Fn(&mut [f32], &[f32]) + Sync,
+) -> Result<(CpuStorage, Shape)> {
+    let x = slice(s, l, what)?;
+    let d = l.dims().last().copied().unwrap_or(1).max(1);
+    let mut out = vec![0f32; x.len()];
+    for_rows(&mut out, d, |i, y| row(y, &x[i * d..(i + 1) * d]));
+    Ok((CpuStorage::F32(out), l.shape().clone()))
+}
+
 fn use_kernel(xs: &Tensor) -> bool {
     xs.device().is_cpu() && xs.dtype() == DType::F32
 }
@@ -189,13 +203,7 @@ impl CustomOp1 for Softmax {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = slice(s, l, "softmax")?;
-        let d = l.dims().last().copied().unwrap_or(1).max(1);
-        let mut out = vec![0f32; x.len()];
-        for_rows(&mut out, d, |i, y| {
-            softmax_row(y, &x[i * d..(i + 1) * d]);
-        });
-        Ok((CpuStorage::F32(out), l.shape().clone()))
+        map_last_dim(s, l, "softmax", softmax_row)
     }
 
     fn bwd(&self, _arg: &Tensor, res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
@@ -310,13 +318,7 @@ impl CustomOp1 for LogSoftmax {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = slice(s, l, "log-softmax")?;
-        let d = l.dims().last().copied().unwrap_or(1).max(1);
-        let mut out = vec![0f32; x.len()];
-        for_rows(&mut out, d, |i, y| {
-            log_softmax_row(y, &x[i * d..(i + 1) * d])
-        });
-        Ok((CpuStorage::F32(out), l.shape().clone()))
+        map_last_dim(s, l, "log-softmax", log_softmax_row)
     }
 }
 
