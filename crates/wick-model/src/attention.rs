@@ -54,6 +54,15 @@ impl SelfAttention {
         })
     }
 
+    /// A copy with its projections laid out for decoding (`Linear::for_decoding`).
+    pub fn for_decoding(&self) -> Result<Self> {
+        Ok(Self {
+            qkv_proj: self.qkv_proj.for_decoding()?,
+            out_proj: self.out_proj.for_decoding()?,
+            ..self.clone()
+        })
+    }
+
     /// Full-sequence self-attention. The fused kernel runs (attention dropout included)
     /// unless the probabilities are wanted.
     ///
@@ -131,6 +140,16 @@ impl CrossAttention {
             out_proj: Linear::new(d_model, d_model, true, vb.pp("out_proj"))?,
             n_heads,
             dropout: Dropout::new(p, rng),
+        })
+    }
+
+    /// A copy with its per-step projections laid out for decoding (`Linear::for_decoding`);
+    /// the memory's keys and values are projected once per call and keep the trained layout.
+    pub fn for_decoding(&self) -> Result<Self> {
+        Ok(Self {
+            q_proj: self.q_proj.for_decoding()?,
+            out_proj: self.out_proj.for_decoding()?,
+            ..self.clone()
         })
     }
 

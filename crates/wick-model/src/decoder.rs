@@ -127,6 +127,17 @@ impl DecoderLayer {
         Ok((xs, probs))
     }
 
+    /// A copy whose per-step projections are laid out for decoding
+    /// (`Linear::for_decoding`): built once per decoding call, used by every step.
+    pub fn for_decoding(&self) -> Result<Self> {
+        Ok(Self {
+            self_attn: self.self_attn.for_decoding()?,
+            cross_attn: self.cross_attn.for_decoding()?,
+            ffn: self.ffn.for_decoding()?,
+            ..self.clone()
+        })
+    }
+
     /// One incremental step (inference only).
     ///
     /// # Shapes
@@ -195,6 +206,18 @@ impl Decoder {
 
     pub fn layers(&self) -> &[DecoderLayer] {
         &self.layers
+    }
+
+    /// A copy for one decoding call (`DecoderLayer::for_decoding`).
+    pub fn for_decoding(&self) -> Result<Self> {
+        Ok(Self {
+            layers: self
+                .layers
+                .iter()
+                .map(DecoderLayer::for_decoding)
+                .collect::<Result<_>>()?,
+            ..self.clone()
+        })
     }
 
     /// Teacher-forced forward over a whole target prefix.

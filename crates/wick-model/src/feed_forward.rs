@@ -28,6 +28,15 @@ impl FeedForward {
         })
     }
 
+    /// A copy laid out for decoding (`Linear::for_decoding`).
+    pub fn for_decoding(&self) -> Result<Self> {
+        Ok(Self {
+            fc1: self.fc1.for_decoding()?,
+            fc2: self.fc2.for_decoding()?,
+            dropout: self.dropout.clone(),
+        })
+    }
+
     /// # Shapes
     /// `(b, t, d)` → `(b, t, d)`
     pub fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {

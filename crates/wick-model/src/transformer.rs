@@ -31,6 +31,10 @@ pub struct TransformerCache {
     pub layers: Vec<LayerCache>,
     /// Number of target positions already fed.
     pub offset: usize,
+    /// The decoder and the output projection `(d, V)`, copied at the start of the call in
+    /// the layout `gemm` reads without packing (`Linear::for_decoding`).
+    decoder: Decoder,
+    output_weight_t: Tensor,
 }
 
 impl Transformer {
@@ -192,7 +196,12 @@ impl Seq2Seq for Transformer {
                 })
             })
             .collect::<Result<_>>()?;
-        Ok(TransformerCache { layers, offset: 0 })
+        Ok(TransformerCache {
+            layers,
+            offset: 0,
+            decoder: self.decoder.for_decoding()?,
+            output_weight_t: crate::ops::transpose_contiguous(&self.output_weight)?,
+        })
     }
 
     fn decode_step(
@@ -208,7 +217,7 @@ impl Seq2Seq for Transformer {
                 tokens.dims()
             )
         }
-        let hidden = self.decoder.forward_step(
+        let hidden = cache.decoder.forward_step(
             &self.tgt_embed,
             &self.positions,
             tokens,
@@ -220,7 +229,7 @@ impl Seq2Seq for Transformer {
         // No autograd while decoding, so the product can run on wick's matmul, which splits
         // these few rows × the vocabulary across threads by columns.
         let d = hidden.dim(2)?;
-        crate::ops::matmul(&hidden.reshape((b, d))?, &self.output_weight.t()?) // (b, V)
+        crate::ops::matmul(&hidden.reshape((b, d))?, &cache.output_weight_t) // (b, V)
     }
 
     fn select_cache(&self, cache: &Self::Cache, indices: &Tensor) -> Result<Self::Cache> {
@@ -231,6 +240,8 @@ impl Seq2Seq for Transformer {
                 .map(|l| l.index_select(indices))
                 .collect::<Result<_>>()?,
             offset: cache.offset,
+            decoder: cache.decoder.clone(),
+            output_weight_t: cache.output_weight_t.clone(),
         })
     }
 }

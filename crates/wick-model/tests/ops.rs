@@ -250,6 +250,7 @@ fn fused_linear_matches_reference() -> Result<()> {
         (vec![5, 7], 3, 1),
         (vec![4, 6, 16], 48, 2),
         (vec![64, 24, 128], 512, 3),
+        (vec![6, 1, 32], 40, 4),
     ] {
         let d_in = *shape.last().unwrap();
         let map = VarMap::new();
@@ -298,6 +299,16 @@ fn fused_linear_matches_reference() -> Result<()> {
             };
             assert_eq!(y.dims(), yr.dims());
             assert!(rel(&y, &yr)? < 1e-5, "forward {shape:?} relu {relu}");
+            // The decoding copy reads the same weight through transposed storage.
+            let copy = layer.for_decoding()?;
+            assert!(!copy.weight().is_contiguous());
+            assert_eq!(copy.weight().dims(), layer.weight().dims());
+            let yd = if relu {
+                copy.forward_relu(x.as_tensor())?
+            } else {
+                copy.forward(x.as_tensor())?
+            };
+            assert!(rel(&yd, &yr)? < 1e-5, "decoding copy {shape:?} relu {relu}");
             for (a, b) in g.iter().zip(&gr) {
                 let r = rel(a, b)?;
                 assert!(r < 1e-5, "backward {shape:?} relu {relu}: {r}");
@@ -465,6 +476,19 @@ fn matmul_matches_candle_on_views() -> Result<()> {
         let a_narrow = wide.narrow(1, 3, k)?;
         let want = a_narrow.contiguous()?.matmul(&b)?;
         assert!(max_diff(&ops::matmul(&a_narrow, &b)?, &want)? < 1e-4);
+    }
+    Ok(())
+}
+
+#[test]
+fn transpose_matches_candle() -> Result<()> {
+    for (r, c, seed) in [(1, 1, 1), (5, 3, 2), (33, 70, 3), (64, 1037, 4), (0, 4, 5)] {
+        let x = randn(&[r, c], seed)?;
+        let y = wick_model::ops::transpose_contiguous(&x)?;
+        assert_eq!(y.dims(), &[c, r]);
+        assert!(y.is_contiguous());
+        let (got, want) = (y.flatten_all()?, x.t()?.contiguous()?.flatten_all()?);
+        assert_eq!(got.to_vec1::<f32>()?, want.to_vec1::<f32>()?, "{r}×{c}");
     }
     Ok(())
 }

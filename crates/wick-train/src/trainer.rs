@@ -294,7 +294,7 @@ impl Trainer {
         let mut tensors = self.store.tensors();
         checkpoint::save(&dir.join(name), &tensors, self.metadata(dev_bleu))?;
         if name == "last.safetensors" {
-            for (k, v) in self.opt.state_tensors() {
+            for (k, v) in self.opt.state_tensors()? {
                 tensors.insert(format!("{OPTIM_PREFIX}{k}"), v);
             }
             let mut meta = self.metadata(dev_bleu);
