@@ -209,6 +209,16 @@ fn fused_attention_matches_reference() -> Result<()> {
         )?;
         assert_eq!(y.dims(), &[b, tq, d]);
         assert!(max_diff(&y, &yr)? < 1e-5, "cross forward");
+        // A decoding step: one query per sentence, which the kernel runs key by key.
+        let q1 = randn(&[b, 1, 3 * d], seed + 30)?;
+        let y1 = fa::cross_attention(&q1, &kv, &bias, heads, None)?;
+        let y1r = fa::cross_attention_reference(&q1, &kv, &bias, heads, None)?;
+        assert_eq!(y1.dims(), &[b, 1, d]);
+        let diff = max_diff(&y1, &y1r)?;
+        assert!(
+            diff < 1e-5,
+            "one-query forward {b}x{t}x{heads}x{dk}: {diff}"
+        );
         assert!(max_diff(&g[0], &gr[0])? < 1e-4, "cross backward, queries");
         assert!(
             max_diff(&g[1], &gr[1])? < 1e-4,
