@@ -59,6 +59,14 @@ fn f32_slice_mut<'a>(s: &'a mut CpuStorage, l: &Layout, what: &str) -> Result<&'
     }
 }
 
+/// The `(2, n)` moments of an `n`-element parameter.
+fn check_moments(moments: usize, n: usize) -> Result<()> {
+    if moments != 2 * n {
+        bail!("AdamW: {moments} moments for a parameter of {n} elements")
+    }
+    Ok(())
+}
+
 /// m ← β₁m + (1−β₁)g, v ← β₂v + (1−β₂)g², with g the scaled gradient; in place on the
 /// `(2, n)` moments.
 struct UpdateMoments(Coefficients);
@@ -86,9 +94,7 @@ impl InplaceOp2 for UpdateMoments {
     ) -> Result<()> {
         let mv = f32_slice_mut(s1, l1, "moments")?;
         let g = f32_slice(s2, l2, "gradient")?;
-        if mv.len() != 2 * g.len() {
-            bail!("AdamW: {} moments for {} gradients", mv.len(), g.len())
-        }
+        check_moments(mv.len(), g.len())?;
         let (m, v) = mv.split_at_mut(g.len());
         m.par_chunks_mut(CHUNK)
             .zip(v.par_chunks_mut(CHUNK))
@@ -123,9 +129,7 @@ impl InplaceOp2 for ApplyUpdate {
     ) -> Result<()> {
         let theta = f32_slice_mut(s1, l1, "parameter")?;
         let mv = f32_slice(s2, l2, "moments")?;
-        if mv.len() != 2 * theta.len() {
-            bail!("AdamW: {} moments for {} weights", mv.len(), theta.len())
-        }
+        check_moments(mv.len(), theta.len())?;
         let (m, v) = mv.split_at(theta.len());
         theta
             .par_chunks_mut(CHUNK)
