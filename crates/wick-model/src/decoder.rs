@@ -4,7 +4,7 @@
 use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 
-use crate::attention::{CrossAttention, KvCache, SelfAttention};
+use crate::attention::{CrossAttention, KvCache, SelfAttention, StepKvCache};
 use crate::config::{NormPosition, TransformerConfig};
 use crate::dropout::{Dropout, DropoutRng};
 use crate::embedding::{SinusoidalPositions, TokenEmbedding};
@@ -15,20 +15,16 @@ use crate::norm::{LayerNorm, maybe_norm, stack_final_norm};
 
 /// Per-layer decoding state: the self-attention keys/values of the positions decoded so far
 /// and the cross-attention keys/values of the memory (computed once).
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct LayerCache {
-    pub self_kv: Option<KvCache>,
+    pub self_kv: StepKvCache,
     pub memory_kv: KvCache,
 }
 
 impl LayerCache {
     pub fn index_select(&self, indices: &Tensor) -> Result<Self> {
         Ok(Self {
-            self_kv: self
-                .self_kv
-                .as_ref()
-                .map(|c| c.index_select(indices))
-                .transpose()?,
+            self_kv: self.self_kv.index_select(indices)?,
             memory_kv: self.memory_kv.index_select(indices)?,
         })
     }

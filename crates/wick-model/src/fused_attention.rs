@@ -30,7 +30,9 @@ use crate::dropout::Dropout;
 use crate::ops::{fast_exp, slice};
 
 /// Shapes of one call: `b` sentences, `tq` queries, `tk` keys, and where Q, K and V sit in
-/// their row-major buffers (row widths `qw`, `kvw`; first columns `q_col`, `k_col`, `v_col`).
+/// their row-major buffers (row widths `qw`, `kvw`; first columns `q_col`, `k_col`, `v_col`;
+/// sentence `n`'s keys/values start at `n · kv_block`, which is more than `tk · kvw` when they
+/// are the first `tk` rows of a longer decoding buffer).
 #[derive(Clone, Copy, Debug)]
 struct Geometry {
     b: usize,
@@ -43,6 +45,7 @@ struct Geometry {
     q_col: usize,
     k_col: usize,
     v_col: usize,
+    kv_block: usize,
     scale: f32,
 }
 
@@ -334,7 +337,7 @@ fn forward_sentence(
 }
 
 /// The whole forward: output `(b, tq, d)`, sentences in parallel. `q` holds `b` blocks of
-/// `tq` rows of width `qw`, `kv` `b` blocks of `tk` rows of width `kvw`.
+/// `tq` rows of width `qw`, `kv` `b` blocks of `tk` rows of width `kvw`, `kv_block` apart.
 fn forward_all(
     g: &Geometry,
     q: &[f32],
@@ -351,7 +354,7 @@ fn forward_all(
                 // (tq, tk) per head, or (heads, tk) for a single query.
                 p.resize(g.tq.max(g.heads) * g.tk, 0.0);
                 let q = &q[n * g.tq * g.qw..][..g.tq * g.qw];
-                let kv = &kv[n * g.tk * g.kvw..][..g.tk * g.kvw];
+                let kv = &kv[n * g.kv_block..][..g.tk * g.kvw];
                 let mask = sentence_mask(mask, g, n);
                 forward_sentence(g, q, kv, &bias, n, mask, out, p);
             });
@@ -473,6 +476,7 @@ fn self_geometry(shape: &Shape, heads: usize) -> Result<Geometry> {
         q_col: 0,
         k_col: d,
         v_col: 2 * d,
+        kv_block: t * w,
         scale: (dk as f32).powf(-0.5),
     })
 }
@@ -569,8 +573,42 @@ fn cross_geometry(q: &Shape, kv: &Shape, heads: usize) -> Result<Geometry> {
         q_col: 0,
         k_col: 0,
         v_col: d,
+        kv_block: tk * kvw,
         scale: (dk as f32).powf(-0.5),
     })
+}
+
+/// The distance between sentences of keys/values `(b, tk, w)` whose rows are contiguous:
+/// `tk · w` when the whole tensor is, more when they are the first `tk` rows of a longer
+/// per-sentence buffer (`narrow(1, 0, tk)` of `(b, cap, w)`, as a decoding cache hands them
+/// over). `None` for any other layout.
+fn sentence_block(l: &Layout) -> Option<usize> {
+    let (b, tk, w) = l.shape().dims3().ok()?;
+    if l.is_contiguous() {
+        return Some(tk * w);
+    }
+    match *l.stride() {
+        [block, row, 1] if row == w && block >= tk * w && b > 0 => Some(block),
+        _ => None,
+    }
+}
+
+/// The data of keys/values laid out as [`sentence_block`] accepts, and that distance.
+fn sentence_blocks<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<(&'a [f32], usize)> {
+    let Some(block) = sentence_block(l) else {
+        bail!(
+            "{what}: expected contiguous rows, got strides {:?}",
+            l.stride()
+        )
+    };
+    if l.is_contiguous() {
+        return Ok((slice(s, l, what)?, block));
+    }
+    let CpuStorage::F32(data) = s else {
+        bail!("{what}: expected f32")
+    };
+    let (b, tk, w) = l.shape().dims3()?;
+    Ok((&data[l.start_offset()..][..(b - 1) * block + tk * w], block))
 }
 
 impl CustomOp2 for CrossAttention {
@@ -585,9 +623,10 @@ impl CustomOp2 for CrossAttention {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let g = cross_geometry(l1.shape(), l2.shape(), self.heads)?;
+        let mut g = cross_geometry(l1.shape(), l2.shape(), self.heads)?;
         let q = slice(s1, l1, "attention queries")?;
-        let kv = slice(s2, l2, "attention keys/values")?;
+        let kv;
+        (kv, g.kv_block) = sentence_blocks(s2, l2, "attention keys/values")?;
         forward_all(&g, q, kv, &self.bias, &self.mask)
     }
 
@@ -604,7 +643,7 @@ impl CustomOp2 for CrossAttention {
             mask: self.mask.clone(),
         };
         // One buffer holds both gradients, dQ then dKV, so that each is a contiguous slice.
-        let both = q.apply_op3_no_bwd(kv, &grad.contiguous()?, &op)?;
+        let both = q.apply_op3_no_bwd(&kv.contiguous()?, &grad.contiguous()?, &op)?;
         let nq = q.elem_count();
         let dq = both.narrow(0, 0, nq)?.reshape(q.shape())?;
         let dkv = both.narrow(0, nq, kv.elem_count())?.reshape(kv.shape())?;
@@ -647,7 +686,7 @@ impl CustomOp3 for CrossAttentionBackward {
                 .enumerate()
                 .for_each_init(Scratch::default, |s, (n, (dq, dkv))| {
                     let q = &q[n * g.tq * g.qw..][..g.tq * g.qw];
-                    let kv = &kv[n * g.tk * g.kvw..][..g.tk * g.kvw];
+                    let kv = &kv[n * g.kv_block..][..g.tk * g.kvw];
                     let go = &go[n * g.tq * d..][..g.tq * d];
                     let mask = sentence_mask(&self.mask, &g, n);
                     backward_sentence(&g, q, kv, &bias, n, mask, go, s);
@@ -718,8 +757,13 @@ pub fn cross_attention(
     }
     let (b, tq, _) = q.dims3()?;
     let tk = kv.dim(1)?;
+    // A decoding cache's rows are read in place from its buffer.
+    let kv = match sentence_block(kv.layout()) {
+        Some(_) => kv.clone(),
+        None => kv.contiguous()?,
+    };
     q.contiguous()?.apply_op2(
-        &kv.contiguous()?,
+        &kv,
         CrossAttention {
             bias: bias.contiguous()?,
             heads,

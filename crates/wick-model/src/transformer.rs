@@ -3,6 +3,7 @@
 use candle_core::{Device, Result, Tensor};
 use candle_nn::{Init, VarBuilder};
 
+use crate::attention::StepKvCache;
 use crate::config::{TransformerConfig, Tying, VocabSizes};
 use crate::decoder::{Decoder, DecoderOutput, LayerCache};
 use crate::dropout::DropoutRng;
@@ -25,8 +26,8 @@ pub struct Transformer {
     dropout_rng: DropoutRng,
 }
 
-/// Decoding state of a [`Transformer`].
-#[derive(Clone, Debug)]
+/// Decoding state of a [`Transformer`]. Not `Clone`: the layers' caches are written in place.
+#[derive(Debug)]
 pub struct TransformerCache {
     pub layers: Vec<LayerCache>,
     /// Number of target positions already fed.
@@ -191,7 +192,7 @@ impl Seq2Seq for Transformer {
             .iter()
             .map(|l| {
                 Ok(LayerCache {
-                    self_kv: None,
+                    self_kv: StepKvCache::default(),
                     memory_kv: l.memory_kv(&memory.states)?,
                 })
             })

@@ -195,6 +195,52 @@ fn cached_decoding_equals_full_forward() -> Result<()> {
     Ok(())
 }
 
+/// The self-attention cache past its first buffer block (32 rows, so it grows) and after
+/// reordering mid-sentence (rows dropped and duplicated, as beam search does): every step's
+/// logits still equal the full forward of the prefixes the rows now hold.
+#[test]
+fn cached_decoding_survives_growth_and_reordering() -> Result<()> {
+    const LEN: usize = 45;
+    const SWITCH: usize = 20;
+    let cfg = tiny_config(wick_model::NormPosition::Pre, wick_model::Tying::All);
+    let (model, _) = build(&cfg, 9)?;
+    let (src, src_mask) = padded(&sources(), PAD)?;
+    let memory = model.encode(&src, &src_mask, false)?;
+    let prefix: Vec<Vec<u32>> = (0..3u32)
+        .map(|r| {
+            std::iter::once(BOS)
+                .chain((1..LEN as u32).map(|t| 4 + (t * 7 + r * 5) % 24))
+                .collect()
+        })
+        .collect();
+    let (tgt, _) = padded(&prefix, PAD)?;
+    let full = model.forward_t(&memory, &tgt, false)?; // (3, LEN, V)
+    let order = Tensor::new(&[2u32, 0, 0], &Device::Cpu)?;
+    // Rows after the switch: 2, 0, 0 of the original batch, continuing their own prefixes.
+    let (full_after, tgt_after) = (full.index_select(&order, 0)?, tgt.index_select(&order, 0)?);
+    let mut cache = model.start_decoding(&memory)?;
+    let mut memory_now = memory.clone();
+    for t in 0..LEN {
+        if t == SWITCH {
+            cache = model.select_cache(&cache, &order)?;
+            memory_now = memory_now.index_select(&order)?;
+        }
+        let (tgt_now, full_now) = if t < SWITCH {
+            (&tgt, &full)
+        } else {
+            (&tgt_after, &full_after)
+        };
+        let step = model.decode_step(
+            &memory_now,
+            &tgt_now.narrow(1, t, 1)?.contiguous()?,
+            &mut cache,
+        )?;
+        let diff = max_abs_diff(&step, &full_now.i((.., t))?)?;
+        assert!(diff <= 1e-5, "step {t}: cached logits differ by {diff}");
+    }
+    Ok(())
+}
+
 #[test]
 fn greedy_matches_argmax_of_full_forward() -> Result<()> {
     let (model, _) = build(
