@@ -12,6 +12,7 @@ use candle_nn::VarBuilder;
 use crate::dropout::{Dropout, DropoutRng};
 use crate::fused_attention::{attention_with_probs, cross_attention, self_attention};
 use crate::linear::Linear;
+use crate::ops::index_select_prefix;
 
 /// Keys and values cached for incremental decoding: `(b, t, 2·d)`, each row the packed K and
 /// V of one position, as the projections produce them (the fused kernel reads heads in place).
@@ -80,14 +81,12 @@ impl StepKvCache {
     }
 
     /// Keeps the rows `indices` (u32, `(b',)`) of the batch, for beam reordering and for
-    /// dropping finished sentences. Copies whole buffer rows: one copy, into a buffer that
-    /// still has room.
+    /// dropping finished sentences: one copy of the positions held, into a buffer with the
+    /// same room.
     pub fn index_select(&self, indices: &Tensor) -> Result<Self> {
         Ok(Self {
-            buf: self
-                .buf
-                .as_ref()
-                .map(|b| b.index_select(indices, 0))
+            buf: (self.buf.as_ref())
+                .map(|b| index_select_prefix(b, indices, self.len))
                 .transpose()?,
             len: self.len,
         })

@@ -22,6 +22,15 @@ pub struct LayerCache {
 }
 
 impl LayerCache {
+    /// Rows `indices` of the self-attention state; the memory's keys/values stay as they
+    /// are (see `Seq2Seq::reorder_within_sources`).
+    pub fn reorder_within_sources(&self, indices: &Tensor) -> Result<Self> {
+        Ok(Self {
+            self_kv: self.self_kv.index_select(indices)?,
+            memory_kv: self.memory_kv.clone(),
+        })
+    }
+
     pub fn index_select(&self, indices: &Tensor) -> Result<Self> {
         Ok(Self {
             self_kv: self.self_kv.index_select(indices)?,

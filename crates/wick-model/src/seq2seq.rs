@@ -63,4 +63,12 @@ pub trait Seq2Seq {
 
     /// Keeps (and reorders, or repeats) batch rows `indices` of a cache.
     fn select_cache(&self, cache: &Self::Cache, indices: &Tensor) -> Result<Self::Cache>;
+
+    /// [`Self::select_cache`] for a selection under which every row keeps its source: row `r`
+    /// becomes row `indices[r]`, and both rows decode the same sentence (beam search moving
+    /// hypotheses within each sentence). What the cache derived from the memory is already
+    /// right for every row and need not be copied.
+    fn reorder_within_sources(&self, cache: &Self::Cache, indices: &Tensor) -> Result<Self::Cache> {
+        self.select_cache(cache, indices)
+    }
 }

@@ -38,6 +38,17 @@ pub struct TransformerCache {
     output_weight_t: Tensor,
 }
 
+impl TransformerCache {
+    fn map_layers(&self, f: impl Fn(&LayerCache) -> Result<LayerCache>) -> Result<Self> {
+        Ok(Self {
+            layers: self.layers.iter().map(f).collect::<Result<_>>()?,
+            offset: self.offset,
+            decoder: self.decoder.clone(),
+            output_weight_t: self.output_weight_t.clone(),
+        })
+    }
+}
+
 impl Transformer {
     /// Builds the model; parameter names follow the module tree
     /// (`encoder.layers.0.ffn.fc1.weight`, `tgt_embed.weight`, …).
@@ -234,15 +245,10 @@ impl Seq2Seq for Transformer {
     }
 
     fn select_cache(&self, cache: &Self::Cache, indices: &Tensor) -> Result<Self::Cache> {
-        Ok(TransformerCache {
-            layers: cache
-                .layers
-                .iter()
-                .map(|l| l.index_select(indices))
-                .collect::<Result<_>>()?,
-            offset: cache.offset,
-            decoder: cache.decoder.clone(),
-            output_weight_t: cache.output_weight_t.clone(),
-        })
+        cache.map_layers(|l| l.index_select(indices))
+    }
+
+    fn reorder_within_sources(&self, cache: &Self::Cache, indices: &Tensor) -> Result<Self::Cache> {
+        cache.map_layers(|l| l.reorder_within_sources(indices))
     }
 }

@@ -511,3 +511,25 @@ fn transpose_matches_candle() -> Result<()> {
     }
     Ok(())
 }
+
+#[test]
+fn index_select_prefix_copies_the_held_positions() -> Result<()> {
+    let buf = randn(&[5, 7, 6], 91)?;
+    for (rows, len) in [(vec![4u32, 0, 0, 2], 3), (vec![1, 3], 7), (vec![2], 0), (vec![], 4)] {
+        let idx = Tensor::new(rows.as_slice(), &Device::Cpu)?;
+        let got = ops::index_select_prefix(&buf, &idx, len)?;
+        assert_eq!(got.dims(), &[rows.len(), 7, 6]);
+        if rows.is_empty() {
+            continue; // Candle cannot read a narrowed view of an empty tensor back
+        }
+        let want = buf.index_select(&idx, 0)?;
+        let held = |t: &Tensor| t.narrow(1, 0, len)?.flatten_all()?.to_vec1::<f32>();
+        assert_eq!(held(&got)?, held(&want)?);
+        let rest = got.narrow(1, len, 7 - len)?.flatten_all()?.to_vec1::<f32>()?;
+        assert!(rest.iter().all(|&x| x == 0.0), "positions past {len}");
+    }
+    let bad = Tensor::new(&[1u32, 5], &Device::Cpu)?;
+    let err = ops::index_select_prefix(&buf, &bad, 2).unwrap_err();
+    assert!(err.to_string().contains("index 5 out of range"), "{err}");
+    Ok(())
+}
