@@ -515,7 +515,12 @@ fn transpose_matches_candle() -> Result<()> {
 #[test]
 fn index_select_prefix_copies_the_held_positions() -> Result<()> {
     let buf = randn(&[5, 7, 6], 91)?;
-    for (rows, len) in [(vec![4u32, 0, 0, 2], 3), (vec![1, 3], 7), (vec![2], 0), (vec![], 4)] {
+    for (rows, len) in [
+        (vec![4u32, 0, 0, 2], 3),
+        (vec![1, 3], 7),
+        (vec![2], 0),
+        (vec![], 4),
+    ] {
         let idx = Tensor::new(rows.as_slice(), &Device::Cpu)?;
         let got = ops::index_select_prefix(&buf, &idx, len)?;
         assert_eq!(got.dims(), &[rows.len(), 7, 6]);
@@ -525,7 +530,10 @@ fn index_select_prefix_copies_the_held_positions() -> Result<()> {
         let want = buf.index_select(&idx, 0)?;
         let held = |t: &Tensor| t.narrow(1, 0, len)?.flatten_all()?.to_vec1::<f32>();
         assert_eq!(held(&got)?, held(&want)?);
-        let rest = got.narrow(1, len, 7 - len)?.flatten_all()?.to_vec1::<f32>()?;
+        let rest = got
+            .narrow(1, len, 7 - len)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
         assert!(rest.iter().all(|&x| x == 0.0), "positions past {len}");
     }
     let bad = Tensor::new(&[1u32, 5], &Device::Cpu)?;
