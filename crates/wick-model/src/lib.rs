@@ -21,6 +21,7 @@ pub mod linear;
 pub mod mask;
 pub mod norm;
 pub mod ops;
+pub mod panel;
 pub mod search;
 pub mod seq2seq;
 pub mod transformer;

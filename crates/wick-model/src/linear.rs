@@ -166,6 +166,8 @@ pub struct Linear {
     weight: Tensor,
     /// `(out,)`
     bias: Option<Tensor>,
+    /// The weight as [`crate::panel::pack`]ed panels, in copies made for decoding on the CPU.
+    panels: Option<Tensor>,
 }
 
 impl Linear {
@@ -176,22 +178,50 @@ impl Linear {
         } else {
             None
         };
-        Ok(Self { weight, bias })
+        Ok(Self {
+            weight,
+            bias,
+            panels: None,
+        })
+    }
+
+    /// A layer over existing tensors: weight `(out, in)`, bias `(out,)`.
+    pub fn from_parts(weight: Tensor, bias: Option<Tensor>) -> Self {
+        Self {
+            weight,
+            bias,
+            panels: None,
+        }
     }
 
     pub fn weight(&self) -> &Tensor {
         &self.weight
     }
 
-    /// A copy of the layer for one decoding call: the same `(out, in)` weight, stored
-    /// transposed. `gemm` packs an operand that is not in its preferred layout on every
-    /// call; with the few rows of a decoding step that packing of W took about a fifth of
-    /// the step (perf, small preset, greedy, 1 thread), and the transposed copy needs none.
-    /// Later updates to the trained weight are not seen by the copy.
+    /// The weight packed for decoding (`(⌈out/64⌉, in, 64)`, [`crate::panel::pack`]), in a
+    /// CPU copy made by [`Linear::for_decoding`].
+    pub fn panels(&self) -> Option<&Tensor> {
+        self.panels.as_ref()
+    }
+
+    /// A copy of the layer for one decoding call, with the weight laid out for the few rows
+    /// of a decoding step. `gemm` packs an operand that is not in its kernel's layout on every
+    /// call, and with so few rows that packing of W took a fifth of a step (perf, small
+    /// preset, greedy, one thread). On the CPU in f32 the copy holds W packed once into
+    /// panels ([`crate::panel`]); elsewhere, W stored transposed, which `gemm` reads without
+    /// packing. Later updates to the trained weight are not seen by the copy.
     pub fn for_decoding(&self) -> Result<Self> {
+        if self.weight.device().is_cpu() && self.weight.dtype() == DType::F32 {
+            return Ok(Self {
+                weight: self.weight.clone(),
+                bias: self.bias.clone(),
+                panels: Some(crate::panel::pack(&self.weight)?),
+            });
+        }
         Ok(Self {
             weight: crate::ops::transpose_contiguous(&self.weight)?.t()?,
             bias: self.bias.clone(),
+            panels: None,
         })
     }
 }
@@ -221,7 +251,13 @@ impl Linear {
 
 impl Linear {
     fn forward_op(&self, xs: &Tensor, relu: bool) -> Result<Tensor> {
-        let (_, d_in) = self.weight.dims2()?;
+        let (d_out, d_in) = self.weight.dims2()?;
+        if let Some(panels) = &self.panels
+            && xs.device().is_cpu()
+            && xs.dtype() == DType::F32
+        {
+            return crate::panel::affine(xs, panels, self.bias.as_ref(), d_out, relu);
+        }
         let fused = xs.device().is_cpu()
             && xs.dtype() == DType::F32
             && self.weight.dtype() == DType::F32

@@ -1,6 +1,6 @@
 //! The Transformer encoder-decoder (Vaswani et al., 2017).
 
-use candle_core::{Device, Result, Tensor};
+use candle_core::{Device, Module, Result, Tensor};
 use candle_nn::{Init, VarBuilder};
 
 use crate::attention::StepKvCache;
@@ -9,6 +9,7 @@ use crate::decoder::{Decoder, DecoderOutput, LayerCache};
 use crate::dropout::DropoutRng;
 use crate::embedding::{SinusoidalPositions, TokenEmbedding};
 use crate::encoder::Encoder;
+use crate::linear::Linear;
 use crate::mask::key_padding_bias;
 use crate::seq2seq::{Memory, Seq2Seq};
 
@@ -32,10 +33,10 @@ pub struct TransformerCache {
     pub layers: Vec<LayerCache>,
     /// Number of target positions already fed.
     pub offset: usize,
-    /// The decoder and the output projection `(d, V)`, copied at the start of the call in
-    /// the layout `gemm` reads without packing (`Linear::for_decoding`).
+    /// The decoder and the output projection, copied at the start of the call with their
+    /// weights laid out for decoding (`Linear::for_decoding`).
     decoder: Decoder,
-    output_weight_t: Tensor,
+    output: Linear,
 }
 
 impl TransformerCache {
@@ -44,7 +45,7 @@ impl TransformerCache {
             layers: self.layers.iter().map(f).collect::<Result<_>>()?,
             offset: self.offset,
             decoder: self.decoder.clone(),
-            output_weight_t: self.output_weight_t.clone(),
+            output: self.output.clone(),
         })
     }
 }
@@ -212,7 +213,7 @@ impl Seq2Seq for Transformer {
             layers,
             offset: 0,
             decoder: self.decoder.for_decoding()?,
-            output_weight_t: crate::ops::transpose_contiguous(&self.output_weight)?,
+            output: Linear::from_parts(self.output_weight.clone(), None).for_decoding()?,
         })
     }
 
@@ -238,10 +239,8 @@ impl Seq2Seq for Transformer {
             &memory.src_bias,
         )?; // (b, 1, d)
         cache.offset += 1;
-        // No autograd while decoding, so the product can run on wick's matmul, which splits
-        // these few rows × the vocabulary across threads by columns.
         let d = hidden.dim(2)?;
-        crate::ops::matmul(&hidden.reshape((b, d))?, &cache.output_weight_t) // (b, V)
+        cache.output.forward(&hidden.reshape((b, d))?) // (b, V)
     }
 
     fn select_cache(&self, cache: &Self::Cache, indices: &Tensor) -> Result<Self::Cache> {

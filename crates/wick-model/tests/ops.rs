@@ -318,9 +318,10 @@ fn fused_linear_matches_reference() -> Result<()> {
             };
             assert_eq!(y.dims(), yr.dims());
             assert!(rel(&y, &yr)? < 1e-5, "forward {shape:?} relu {relu}");
-            // The decoding copy reads the same weight through transposed storage.
+            // The decoding copy (on the CPU) multiplies by the same weight packed in panels.
             let copy = layer.for_decoding()?;
-            assert!(!copy.weight().is_contiguous());
+            let panels = copy.panels().map(|p| p.dims().to_vec());
+            assert_eq!(panels, Some(vec![d_out.div_ceil(64), d_in, 64]));
             assert_eq!(copy.weight().dims(), layer.weight().dims());
             let yd = if relu {
                 copy.forward_relu(x.as_tensor())?

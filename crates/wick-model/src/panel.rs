@@ -1,0 +1,367 @@
+//! Decoding's matrix products, on weights packed once per decoding call into panels.
+//!
+//! A decoding step multiplies a few rows (64 sentences greedy, 320 with beam 5) by every
+//! decoder weight and by the vocabulary projection. `gemm` copies ("packs") the weight into
+//! its kernel's tile layout inside every call: 17% of a one-thread greedy profile of the base
+//! preset (perf, session 8), because the weights are far larger than the rows. Here each
+//! weight is packed once, when decoding starts, into the layout a register-tiled kernel
+//! streams through: for each block of [`PANEL`] output features, a contiguous `(in, PANEL)`
+//! panel. Written by hand because `gemm` has no entry point for an operand packed in advance.
+//!
+//! Forward only (decoding keeps no autograd graph); the tests hold it to
+//! `Linear::forward_reference`.
+
+use candle_core::{
+    CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor, bail,
+};
+use multiversion::multiversion;
+use multiversion::target::selected_target;
+use rayon::prelude::*;
+
+use crate::ops::slice;
+
+/// Output features per panel: four AVX-512 registers, eight AVX2 ones.
+pub const PANEL: usize = 64;
+
+/// Rows per register tile. With AVX-512: 6 rows × 4 registers of sums, 4 of weights and one
+/// broadcast input = 29 of the 32 registers.
+const TILE_ROWS: usize = 6;
+
+/// Below this many multiply-adds a product runs on one thread.
+const PAR_MIN_WORK: usize = 1 << 18;
+
+/// `(out, in)` weight → `(⌈out/PANEL⌉, in, PANEL)` panels: panel p holds the columns
+/// `p·PANEL …` of Wᵀ, zero past `out`. CPU, f32.
+pub fn pack(w: &Tensor) -> Result<Tensor> {
+    w.contiguous()?.apply_op1_no_bwd(&Pack)
+}
+
+/// `y = x·Wᵀ + b`, then `max(y, 0)` with `relu`, W given as [`pack`]ed panels, for `out`
+/// output features. No autograd.
+///
+/// # Shapes
+/// x `(…, in)`, panels `(⌈out/PANEL⌉, in, PANEL)`, b `(out,)` → `(…, out)`.
+pub fn affine(
+    x: &Tensor,
+    panels: &Tensor,
+    bias: Option<&Tensor>,
+    out: usize,
+    relu: bool,
+) -> Result<Tensor> {
+    let op = PanelAffine { out, relu };
+    let x = x.contiguous()?;
+    match bias {
+        Some(b) => x.apply_op3_no_bwd(panels, &b.contiguous()?, &op),
+        None => x.apply_op2_no_bwd(panels, &op),
+    }
+}
+
+struct Pack;
+
+impl CustomOp1 for Pack {
+    fn name(&self) -> &'static str {
+        "wick-pack-panels"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (out, k) = l.shape().dims2()?;
+        let w = slice(s, l, "panel packing")?;
+        let n_panels = out.div_ceil(PANEL);
+        let mut packed = vec![0f32; n_panels * k * PANEL];
+        if k > 0 {
+            packed
+                .par_chunks_mut(k * PANEL)
+                .enumerate()
+                .for_each(|(p, panel)| {
+                    let rows = &w[p * PANEL * k..((p + 1) * PANEL).min(out) * k];
+                    for (j, row) in rows.chunks_exact(k).enumerate() {
+                        for (kk, &v) in row.iter().enumerate() {
+                            panel[kk * PANEL + j] = v;
+                        }
+                    }
+                });
+        }
+        Ok((CpuStorage::F32(packed), Shape::from((n_panels, k, PANEL))))
+    }
+}
+
+struct PanelAffine {
+    out: usize,
+    relu: bool,
+}
+
+/// A pointer into the output, shared by tasks that write disjoint blocks of it.
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+
+// SAFETY: only used while the output buffer is alive, by tasks writing disjoint blocks.
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+
+impl OutPtr {
+    /// Through a method, so that closures capture the wrapper (Send) and not the field.
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+impl PanelAffine {
+    fn run(
+        &self,
+        x: &[f32],
+        lx: &Layout,
+        panels: &[f32],
+        lp: &Layout,
+        bias: Option<&[f32]>,
+    ) -> Result<(CpuStorage, Shape)> {
+        let n = self.out;
+        let (n_panels, k, width) = lp.shape().dims3()?;
+        if width != PANEL || n_panels != n.div_ceil(PANEL) {
+            bail!(
+                "panel product: panels {:?} do not hold {n} outputs in blocks of {PANEL}",
+                lp.dims()
+            )
+        }
+        if lx.dims().last() != Some(&k) || k == 0 {
+            bail!("panel product: input {:?} does not end in {k}", lx.dims())
+        }
+        if let Some(b) = bias
+            && b.len() != n
+        {
+            bail!("panel product: bias of {} for {n} outputs", b.len())
+        }
+        let rows = x.len() / k;
+        // Not zeroed: the tasks below write every element (all row blocks × all panels).
+        let mut y: Vec<f32> = Vec::with_capacity(rows * n);
+        let threads = candle_core::utils::get_num_threads();
+        // Tasks own whole panels, so each thread streams its own part of the weights (larger
+        // than the caches on the base preset) once per call; rows are split as well only when
+        // there are too few panels to go round.
+        let row_blocks = if n_panels >= 2 * threads {
+            1
+        } else {
+            (2 * threads)
+                .div_ceil(n_panels.max(1))
+                .min(rows.div_ceil(TILE_ROWS))
+                .max(1)
+        };
+        let rows_per_block = rows.div_ceil(row_blocks).next_multiple_of(TILE_ROWS).max(1);
+        let row_blocks = rows.div_ceil(rows_per_block);
+        let out = OutPtr(y.as_mut_ptr());
+        let task = |t: usize| {
+            let (p, rb) = (t / row_blocks, t % row_blocks);
+            let (r0, r1) = (rb * rows_per_block, ((rb + 1) * rows_per_block).min(rows));
+            let (c0, cols) = (p * PANEL, PANEL.min(n - p * PANEL));
+            let mut b = [0f32; PANEL];
+            if let Some(bias) = bias {
+                b[..cols].copy_from_slice(&bias[c0..c0 + cols]);
+            }
+            let mut block = vec![0f32; (r1 - r0) * PANEL];
+            panel_block(
+                &x[r0 * k..r1 * k],
+                &panels[p * k * PANEL..(p + 1) * k * PANEL],
+                &b,
+                self.relu,
+                &mut block,
+            );
+            for (i, row) in block.chunks_exact(PANEL).enumerate() {
+                // SAFETY: row r0 + i, columns c0 .. c0 + cols lie inside the `rows × n`
+                // output, which outlives the loop, and no other task writes them (tasks
+                // split the rows and the panels).
+                unsafe {
+                    let dst = out.get().add((r0 + i) * n + c0);
+                    std::ptr::copy_nonoverlapping(row.as_ptr(), dst, cols);
+                }
+            }
+        };
+        let tasks = n_panels * row_blocks;
+        if threads > 1 && rows * n * k >= PAR_MIN_WORK {
+            (0..tasks).into_par_iter().for_each(task);
+        } else {
+            (0..tasks).for_each(task);
+        }
+        // SAFETY: the tasks wrote all `rows × n` elements (row blocks cover 0..rows, panels
+        // cover 0..n), within the capacity reserved above.
+        unsafe { y.set_len(rows * n) };
+        let mut dims = lx.dims().to_vec();
+        if let Some(last) = dims.last_mut() {
+            *last = n;
+        }
+        Ok((CpuStorage::F32(y), Shape::from(dims)))
+    }
+}
+
+impl CustomOp2 for PanelAffine {
+    fn name(&self) -> &'static str {
+        "wick-panel-affine"
+    }
+
+    fn cpu_fwd(
+        &self,
+        sx: &CpuStorage,
+        lx: &Layout,
+        sp: &CpuStorage,
+        lp: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = slice(sx, lx, "panel product input")?;
+        let p = slice(sp, lp, "panels")?;
+        self.run(x, lx, p, lp, None)
+    }
+}
+
+impl CustomOp3 for PanelAffine {
+    fn name(&self) -> &'static str {
+        "wick-panel-affine"
+    }
+
+    fn cpu_fwd(
+        &self,
+        sx: &CpuStorage,
+        lx: &Layout,
+        sp: &CpuStorage,
+        lp: &Layout,
+        sb: &CpuStorage,
+        lb: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = slice(sx, lx, "panel product input")?;
+        let p = slice(sp, lp, "panels")?;
+        let b = slice(sb, lb, "panel product bias")?;
+        self.run(x, lx, p, lp, Some(b))
+    }
+}
+
+/// One panel times a block of rows: `block` `(rows, PANEL)` = x `(rows, k)` · panel
+/// `(k, PANEL)` + bias, rectified with `relu`.
+#[multiversion(targets("x86_64+avx512f+avx2+fma", "x86_64+avx2+fma"))]
+fn panel_block(x: &[f32], panel: &[f32], bias: &[f32; PANEL], relu: bool, block: &mut [f32]) {
+    const AVX512: bool = selected_target!().supports_feature_str("avx512f");
+    const FMA: bool = selected_target!().supports_feature_str("fma");
+    let k = panel.len() / PANEL;
+    for (xt, yt) in x
+        .chunks(TILE_ROWS * k)
+        .zip(block.chunks_mut(TILE_ROWS * PANEL))
+    {
+        let n_rows = xt.len() / k;
+        // Rows past the block's end repeat its first row; their sums are not stored.
+        let xs: [&[f32]; TILE_ROWS] = std::array::from_fn(|r| {
+            let r = if r < n_rows { r } else { 0 };
+            &xt[r * k..(r + 1) * k]
+        });
+        if AVX512 {
+            tile::<PANEL, FMA>(&xs, panel, 0, bias, relu, yt, n_rows);
+        } else {
+            // 16 columns at a time: 6 × 2 AVX2 registers of sums.
+            for off in (0..PANEL).step_by(16) {
+                tile::<16, FMA>(&xs, panel, off, bias, relu, yt, n_rows);
+            }
+        }
+    }
+}
+
+/// Columns `off .. off + W` of a tile of up to [`TILE_ROWS`] rows, the sums held in
+/// registers over the whole depth. Inlined into [`panel_block`]'s versions so that it is
+/// compiled for each one's instruction set.
+#[inline(always)]
+fn tile<const W: usize, const FMA: bool>(
+    xs: &[&[f32]; TILE_ROWS],
+    panel: &[f32],
+    off: usize,
+    bias: &[f32; PANEL],
+    relu: bool,
+    out: &mut [f32],
+    n_rows: usize,
+) {
+    let k = xs[0].len();
+    let xs: [&[f32]; TILE_ROWS] = std::array::from_fn(|r| &xs[r][..k]);
+    let b = &bias[off..off + W];
+    let mut acc = [[0f32; W]; TILE_ROWS];
+    for a in &mut acc {
+        a.copy_from_slice(b);
+    }
+    for kk in 0..k {
+        let w = &panel[kk * PANEL + off..kk * PANEL + off + W];
+        for (a, x) in acc.iter_mut().zip(&xs) {
+            let xv = x[kk];
+            for (a, &w) in a.iter_mut().zip(w) {
+                *a = if FMA { xv.mul_add(w, *a) } else { *a + xv * w };
+            }
+        }
+    }
+    for (r, a) in acc.iter().enumerate().take(n_rows) {
+        let o = &mut out[r * PANEL + off..r * PANEL + off + W];
+        for (o, &v) in o.iter_mut().zip(a) {
+            *o = if relu { v.max(0.0) } else { v };
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Tensor};
+
+    /// The panel product against x·Wᵀ + b composed from Candle ops, over shapes whose rows
+    /// and outputs are not multiples of the tile (6) or the panel (64), with and without
+    /// bias and ReLU, on one thread and on several.
+    #[test]
+    fn panel_product_matches_matmul() -> Result<()> {
+        let dev = Device::Cpu;
+        for &(rows, k, out) in &[
+            (1, 1, 1),
+            (5, 7, 3),
+            (6, 64, 64),
+            (13, 33, 130),
+            (64, 128, 512),
+            (320, 96, 1000),
+        ] {
+            let x = Tensor::randn(0f32, 1.0, (rows, k), &dev)?;
+            let w = Tensor::randn(0f32, 1.0, (out, k), &dev)?;
+            let b = Tensor::randn(0f32, 1.0, out, &dev)?;
+            let panels = pack(&w)?;
+            assert_eq!(panels.dims(), &[out.div_ceil(PANEL), k, PANEL]);
+            for relu in [false, true] {
+                for bias in [None, Some(&b)] {
+                    let mut want = x.matmul(&w.t()?)?;
+                    if let Some(b) = bias {
+                        want = want.broadcast_add(b)?;
+                    }
+                    if relu {
+                        want = want.relu()?;
+                    }
+                    let got = affine(&x, &panels, bias, out, relu)?;
+                    let err = (got - &want)?
+                        .abs()?
+                        .flatten_all()?
+                        .max(0)?
+                        .to_scalar::<f32>()?;
+                    let scale = want.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
+                    assert!(
+                        err <= 1e-5 * scale.max(1.0),
+                        "rows {rows} k {k} out {out} relu {relu} bias {}: error {err}",
+                        bias.is_some()
+                    );
+                }
+            }
+        }
+        // Leading dimensions are kept: (b, t, k) → (b, t, out).
+        let x = Tensor::randn(0f32, 1.0, (2, 3, 10), &dev)?;
+        let w = Tensor::randn(0f32, 1.0, (70, 10), &dev)?;
+        let y = affine(&x, &pack(&w)?, None, 70, false)?;
+        assert_eq!(y.dims(), &[2, 3, 70]);
+        Ok(())
+    }
+
+    #[test]
+    fn panel_product_rejects_mismatched_shapes() -> Result<()> {
+        let dev = Device::Cpu;
+        let w = Tensor::zeros((70, 10), candle_core::DType::F32, &dev)?;
+        let panels = pack(&w)?;
+        let x = Tensor::zeros((4, 11), candle_core::DType::F32, &dev)?;
+        assert!(affine(&x, &panels, None, 70, false).is_err());
+        let x = Tensor::zeros((4, 10), candle_core::DType::F32, &dev)?;
+        assert!(affine(&x, &panels, None, 200, false).is_err());
+        let b = Tensor::zeros(69, candle_core::DType::F32, &dev)?;
+        assert!(affine(&x, &panels, Some(&b), 70, false).is_err());
+        Ok(())
+    }
+}
