@@ -23,6 +23,15 @@ impl Memory {
         })
     }
 
+    /// Batch rows `start .. start + len`, as views.
+    pub fn narrow(&self, start: usize, len: usize) -> Result<Self> {
+        Ok(Self {
+            states: self.states.narrow(0, start, len)?,
+            src_mask: self.src_mask.narrow(0, start, len)?,
+            src_bias: self.src_bias.narrow(0, start, len)?,
+        })
+    }
+
     pub fn batch_size(&self) -> Result<usize> {
         self.states.dim(0)
     }
