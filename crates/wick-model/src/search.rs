@@ -63,6 +63,9 @@ where
     if max_len.len() != b {
         candle_core::bail!("search: {} length limits for a batch of {b}", max_len.len())
     }
+    if b == 0 {
+        return Ok(Vec::new());
+    }
     let device = memory.states.device();
     let threads = if device.is_cpu() {
         candle_core::utils::get_num_threads()
