@@ -29,6 +29,13 @@ impl KvCache {
             kv: self.kv.index_select(indices, 0)?,
         })
     }
+
+    /// Rows `start .. start + len` of the batch, as a view.
+    pub fn narrow(&self, start: usize, len: usize) -> Result<Self> {
+        Ok(Self {
+            kv: self.kv.narrow(0, start, len)?,
+        })
+    }
 }
 
 /// Rows a decoding cache's buffer holds at first and grows by: most sentences end within

@@ -37,6 +37,15 @@ impl LayerCache {
             memory_kv: self.memory_kv.index_select(indices)?,
         })
     }
+
+    /// Rows `start .. start + len` (u32 `rows`): the memory's keys/values as a view, the
+    /// self-attention state copied (it is written in place).
+    pub fn narrow(&self, start: usize, len: usize, rows: &Tensor) -> Result<Self> {
+        Ok(Self {
+            self_kv: self.self_kv.index_select(rows)?,
+            memory_kv: self.memory_kv.narrow(start, len)?,
+        })
+    }
 }
 
 #[derive(Clone, Debug)]

@@ -46,7 +46,7 @@ const MIN_SENTENCES_PER_GROUP: usize = 4;
 /// threads decoded the small preset only 1.3× as fast as one. With whole sentences per
 /// thread every thread stays busy through the step. The decoding state is started once for
 /// the whole batch (the decoder's weights are packed once and shared) and its rows handed
-/// out. Outputs do not depend on the grouping: every op treats each row on its own.
+/// out as views. Outputs do not depend on the grouping: every op treats each row on its own.
 fn by_sentence_groups<M, T, F>(
     model: &M,
     memory: &Memory,
@@ -82,12 +82,10 @@ where
         .into_par_iter()
         .map(|g| {
             let (start, len) = (g * per_group, per_group.min(b - g * per_group));
-            let rows = Tensor::arange(start as u32, (start + len) as u32, device)?;
-            let cache = model.select_cache(&cache, &rows)?;
             decode(
                 &memory.narrow(start, len)?,
                 &max_len[start..start + len],
-                cache,
+                model.narrow_cache(&cache, start, len)?,
             )
         })
         .collect();

@@ -73,6 +73,11 @@ pub trait Seq2Seq {
     /// Keeps (and reorders, or repeats) batch rows `indices` of a cache.
     fn select_cache(&self, cache: &Self::Cache, indices: &Tensor) -> Result<Self::Cache>;
 
+    /// Rows `start .. start + len` of a cache, for decoding a group of sentences on its own:
+    /// what the cache derived from the memory may stay shared (a view), so that splitting a
+    /// batch costs neither a copy nor memory.
+    fn narrow_cache(&self, cache: &Self::Cache, start: usize, len: usize) -> Result<Self::Cache>;
+
     /// [`Self::select_cache`] for a selection under which every row keeps its source: row `r`
     /// becomes row `indices[r]`, and both rows decode the same sentence (beam search moving
     /// hypotheses within each sentence). What the cache derived from the memory is already

@@ -247,6 +247,12 @@ impl Seq2Seq for Transformer {
         cache.map_layers(|l| l.index_select(indices))
     }
 
+    fn narrow_cache(&self, cache: &Self::Cache, start: usize, len: usize) -> Result<Self::Cache> {
+        let device = self.output_weight.device();
+        let rows = Tensor::arange(start as u32, (start + len) as u32, device)?;
+        cache.map_layers(|l| l.narrow(start, len, &rows))
+    }
+
     fn reorder_within_sources(&self, cache: &Self::Cache, indices: &Tensor) -> Result<Self::Cache> {
         cache.map_layers(|l| l.reorder_within_sources(indices))
     }
