@@ -818,7 +818,7 @@ impl Product<'_> {
                 .for_each(|i| {
                     let r = i * rows_per_task;
                     let rows = rows_per_task.min(m - r);
-                    let dst = dp.get().wrapping_add(r * n) as *mut f32;
+                    let dst = dp.get_mut().wrapping_add(r * n);
                     let a = ap.get().wrapping_add(r * a_rs);
                     product(dst, (rows, n), a, bp.get(), gemm::Parallelism::None);
                 });
@@ -832,7 +832,7 @@ impl Product<'_> {
                 .for_each(|i| {
                     let j = i * cols_per_task;
                     let cols = cols_per_task.min(n - j);
-                    let dst = dp.get().wrapping_add(j) as *mut f32;
+                    let dst = dp.get_mut().wrapping_add(j);
                     let b = bp.get().wrapping_add(j * b_cs);
                     product(dst, (m, cols), ap.get(), b, gemm::Parallelism::None);
                 });
@@ -849,7 +849,7 @@ impl Product<'_> {
 
 /// A pointer handed to worker threads that write disjoint blocks of one buffer.
 #[derive(Clone, Copy)]
-struct SendPtr(*const f32);
+pub(crate) struct SendPtr(pub(crate) *const f32);
 
 // SAFETY: only used for blocks of buffers that outlive the parallel loop, read-only or
 // written in disjoint parts.
@@ -858,8 +858,13 @@ unsafe impl Sync for SendPtr {}
 
 impl SendPtr {
     /// Through a method, so that closures capture the wrapper (Send) and not the field.
-    fn get(self) -> *const f32 {
+    pub(crate) fn get(self) -> *const f32 {
         self.0
+    }
+
+    /// The pointer for writing, for blocks the caller owns.
+    pub(crate) fn get_mut(self) -> *mut f32 {
+        self.0 as *mut f32
     }
 }
 

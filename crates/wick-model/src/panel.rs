@@ -18,7 +18,7 @@ use multiversion::multiversion;
 use multiversion::target::selected_target;
 use rayon::prelude::*;
 
-use crate::ops::slice;
+use crate::ops::{SendPtr, slice};
 
 /// Output features per panel: four AVX-512 registers, eight AVX2 ones.
 pub const PANEL: usize = 64;
@@ -97,21 +97,6 @@ struct PanelAffine {
     wide: bool,
 }
 
-/// A pointer into the output, shared by tasks that write disjoint blocks of it.
-#[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
-
-// SAFETY: only used while the output buffer is alive, by tasks writing disjoint blocks.
-unsafe impl Send for OutPtr {}
-unsafe impl Sync for OutPtr {}
-
-impl OutPtr {
-    /// Through a method, so that closures capture the wrapper (Send) and not the field.
-    fn get(self) -> *mut f32 {
-        self.0
-    }
-}
-
 impl PanelAffine {
     fn run(
         &self,
@@ -154,7 +139,7 @@ impl PanelAffine {
         };
         let rows_per_block = rows.div_ceil(row_blocks).next_multiple_of(TILE_ROWS).max(1);
         let row_blocks = rows.div_ceil(rows_per_block);
-        let out = OutPtr(y.as_mut_ptr());
+        let out = SendPtr(y.as_mut_ptr());
         let task = |t: usize| {
             let (p, rb) = (t / row_blocks, t % row_blocks);
             let (r0, r1) = (rb * rows_per_block, ((rb + 1) * rows_per_block).min(rows));
@@ -177,7 +162,7 @@ impl PanelAffine {
                 // output, which outlives the loop, and no other task writes them (tasks
                 // split the rows and the panels).
                 unsafe {
-                    let dst = out.get().add((r0 + i) * n + c0);
+                    let dst = out.get_mut().add((r0 + i) * n + c0);
                     std::ptr::copy_nonoverlapping(row.as_ptr(), dst, cols);
                 }
             }
