@@ -27,7 +27,7 @@ use rayon::prelude::*;
 
 use crate::dropout::Dropout;
 
-use crate::ops::{fast_exp, slice};
+use crate::ops::{fast_exp, lane_max, lane_sum, slice};
 
 /// Shapes of one call: `b` sentences, `tq` queries, `tk` keys, and where Q, K and V sit in
 /// their row-major buffers (row widths `qw`, `kvw`; first columns `q_col`, `k_col`, `v_col`;
@@ -173,47 +173,6 @@ unsafe fn dot_fma(a: &[f32], b: &[f32]) -> f32 {
     }
 }
 
-/// `o = Σ_j p_j · v_j` over rows `v_j = rows[j·stride + col..][..o.len()]`, skipping zero
-/// weights. For the usual head widths the sum is held in a fixed-size array the compiler
-/// keeps in registers; adding into `o` row by row would make every step wait for the last
-/// one's store.
-#[inline(always)]
-fn weighted_rows(o: &mut [f32], p: &[f32], rows: &[f32], stride: usize, col: usize) {
-    match o.len() {
-        16 => weighted_rows_n::<16>(o, p, rows, stride, col),
-        32 => weighted_rows_n::<32>(o, p, rows, stride, col),
-        64 => weighted_rows_n::<64>(o, p, rows, stride, col),
-        dk => {
-            o.fill(0.0);
-            for (j, &pj) in p.iter().enumerate() {
-                if pj != 0.0 {
-                    axpy(o, pj, &rows[j * stride + col..][..dk]);
-                }
-            }
-        }
-    }
-}
-
-#[inline(always)]
-fn weighted_rows_n<const N: usize>(
-    o: &mut [f32],
-    p: &[f32],
-    rows: &[f32],
-    stride: usize,
-    col: usize,
-) {
-    let mut acc = [0f32; N];
-    for (j, &pj) in p.iter().enumerate() {
-        if pj != 0.0 {
-            let v = &rows[j * stride + col..][..N];
-            for l in 0..N {
-                acc[l] += pj * v[l];
-            }
-        }
-    }
-    o.copy_from_slice(&acc);
-}
-
 /// `y += a·x`.
 #[inline(always)]
 fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
@@ -222,41 +181,156 @@ fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
     }
 }
 
-/// Attention probabilities of head `h` of one sentence into `p` `(tq, tk)`; `q` and `kv` are
-/// that sentence's rows.
+/// `out (m, n) = a (m, k) · b (k, n)`, row-major with row strides `lda`, `ldb`, `ldo`: the
+/// per-head products of the attention core (m, n and k are sequence lengths and d_k, a few
+/// dozen). Tiles of 4 rows × 16 (or 8) columns keep their sums in registers and take each
+/// row of `b` as a vector, so no dot product needs a horizontal sum; a dot product per score
+/// with a 32-wide d_k spent as long on its horizontal sum as on the products (the kernel ran
+/// at a few GFLOP/s in a one-thread profile of the small preset's training step). Too small
+/// for `gemm`, whose packing would cost more than the product. `FMA` as in [`dot`].
 #[inline(always)]
-fn probs<const FMA: bool>(
+#[allow(clippy::too_many_arguments)]
+fn small_product<const FMA: bool>(
+    (m, n, k): (usize, usize, usize),
+    a: &[f32],
+    lda: usize,
+    b: &[f32],
+    ldb: usize,
+    out: &mut [f32],
+    ldo: usize,
+) {
+    let mut j = 0;
+    while j + 16 <= n {
+        product_columns::<FMA, 16>(m, k, a, lda, &b[j..], ldb, &mut out[j..], ldo);
+        j += 16;
+    }
+    if j + 8 <= n {
+        product_columns::<FMA, 8>(m, k, a, lda, &b[j..], ldb, &mut out[j..], ldo);
+        j += 8;
+    }
+    for c in j..n {
+        for i in 0..m {
+            let mut acc = 0.0;
+            for kk in 0..k {
+                acc += a[i * lda + kk] * b[kk * ldb + c];
+            }
+            out[i * ldo + c] = acc;
+        }
+    }
+}
+
+/// [`small_product`] for `C` columns of `b` and `out`, four rows at a time.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn product_columns<const FMA: bool, const C: usize>(
+    m: usize,
+    k: usize,
+    a: &[f32],
+    lda: usize,
+    b: &[f32],
+    ldb: usize,
+    out: &mut [f32],
+    ldo: usize,
+) {
+    let mut i = 0;
+    while i + 4 <= m {
+        product_tile::<FMA, 4, C>(k, &a[i * lda..], lda, b, ldb, &mut out[i * ldo..], ldo);
+        i += 4;
+    }
+    while i < m {
+        product_tile::<FMA, 1, C>(k, &a[i * lda..], lda, b, ldb, &mut out[i * ldo..], ldo);
+        i += 1;
+    }
+}
+
+#[inline(always)]
+fn product_tile<const FMA: bool, const R: usize, const C: usize>(
+    k: usize,
+    a: &[f32],
+    lda: usize,
+    b: &[f32],
+    ldb: usize,
+    out: &mut [f32],
+    ldo: usize,
+) {
+    let rows: [&[f32]; R] = std::array::from_fn(|r| &a[r * lda..][..k]);
+    let mut acc = [[0f32; C]; R];
+    for kk in 0..k {
+        let bk = &b[kk * ldb..][..C];
+        for r in 0..R {
+            let x = rows[r][kk];
+            for c in 0..C {
+                acc[r][c] = if FMA {
+                    x.mul_add(bk[c], acc[r][c])
+                } else {
+                    acc[r][c] + x * bk[c]
+                };
+            }
+        }
+    }
+    for (r, acc) in acc.iter().enumerate() {
+        out[r * ldo..][..C].copy_from_slice(acc);
+    }
+}
+
+/// Columns `col..col + dk` of `rows` `(t, stride)`, transposed into `out` `(dk, tp)`, with
+/// columns `t..tp` zero (padding to a whole number of vectors).
+#[inline(always)]
+fn transpose_head(
+    out: &mut [f32],
+    rows: &[f32],
+    t: usize,
+    stride: usize,
+    col: usize,
+    dk: usize,
+    tp: usize,
+) {
+    for d in 0..dk {
+        let o = &mut out[d * tp..][..tp];
+        for (j, o) in o[..t].iter_mut().enumerate() {
+            *o = rows[j * stride + col + d];
+        }
+        o[t..].fill(0.0);
+    }
+}
+
+/// Attention probabilities of head `h` of one sentence into `s.p` `(tq, tp)`, `tp` = `tk`
+/// rounded up to 8 (columns `tk..tp` zero), from the sentence's rows `q` and `kv`; `s.kt`
+/// holds the head's keys transposed.
+#[inline(always)]
+fn probs_block<const FMA: bool>(
     g: &Geometry,
     q: &[f32],
     kv: &[f32],
     bias: &Bias,
     sentence: usize,
     h: usize,
-    p: &mut [f32],
+    s: &mut Scratch,
 ) {
-    let off = h * g.dk;
-    for i in 0..g.tq {
-        let qi = &q[i * g.qw + g.q_col + off..][..g.dk];
-        let brow = bias.row(sentence, i);
-        let row = &mut p[i * g.tk..][..g.tk];
-        for (j, s) in row.iter_mut().enumerate() {
-            let kj = &kv[j * g.kvw + g.k_col + off..][..g.dk];
-            *s = g.scale * dot::<FMA>(qi, kj) + brow[j];
+    let (tq, tk, dk) = (g.tq, g.tk, g.dk);
+    let tp = tk.next_multiple_of(8);
+    transpose_head(&mut s.kt, kv, tk, g.kvw, g.k_col + h * dk, dk, tp);
+    let q = &q[g.q_col + h * dk..];
+    small_product::<FMA>((tq, tp, dk), q, g.qw, &s.kt, tp, &mut s.p, tp);
+    for i in 0..tq {
+        let row = &mut s.p[i * tp..][..tp];
+        for (x, b) in row.iter_mut().zip(bias.row(sentence, i)) {
+            *x = g.scale * *x + b;
         }
-        softmax_in_place(row);
+        softmax_in_place(&mut row[..tk]);
+        row[tk..].fill(0.0);
     }
 }
 
 /// Scores → probabilities, in place.
 #[inline(always)]
 fn softmax_in_place(row: &mut [f32]) {
-    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut sum = 0.0;
+    // Eight lanes for the max and the sum, so that all three passes vectorise.
+    let max = lane_max(row);
     for s in row.iter_mut() {
         *s = fast_exp(*s - max);
-        sum += *s;
     }
-    let inv = 1.0 / sum;
+    let inv = 1.0 / lane_sum(row);
     for s in row.iter_mut() {
         *s *= inv;
     }
@@ -315,24 +389,29 @@ fn forward_sentence(
     sentence: usize,
     mask: Option<&[f32]>,
     out: &mut [f32],
-    p: &mut [f32],
+    s: &mut Scratch,
 ) {
     const FMA: bool = selected_target!().supports_feature_str("fma");
-    if g.tq == 1 && mask.is_none() {
-        return forward_one_query::<FMA>(g, q, kv, bias, sentence, out, p);
+    let (tq, tk, dk, d) = (g.tq, g.tk, g.dk, g.d());
+    if tq == 1 && mask.is_none() {
+        s.p.resize(g.heads * tk, 0.0);
+        return forward_one_query::<FMA>(g, q, kv, bias, sentence, out, &mut s.p);
     }
-    let d = g.d();
+    let tp = tk.next_multiple_of(8);
+    s.p.resize(tq * tp, 0.0);
+    s.kt.resize(dk * tp, 0.0);
     for h in 0..g.heads {
-        probs::<FMA>(g, q, kv, bias, sentence, h, p);
+        probs_block::<FMA>(g, q, kv, bias, sentence, h, s);
         if let Some(m) = mask {
-            for (p, m) in p.iter_mut().zip(&m[h * g.tq * g.tk..][..g.tq * g.tk]) {
-                *p *= m;
+            let m = &m[h * tq * tk..][..tq * tk];
+            for (p, m) in s.p.chunks_exact_mut(tp).zip(m.chunks_exact(tk)) {
+                for (p, m) in p.iter_mut().zip(m) {
+                    *p *= m;
+                }
             }
         }
-        for i in 0..g.tq {
-            let o = &mut out[i * d + h * g.dk..][..g.dk];
-            weighted_rows(o, &p[i * g.tk..][..g.tk], kv, g.kvw, g.v_col + h * g.dk);
-        }
+        let v = &kv[g.v_col + h * dk..];
+        small_product::<FMA>((tq, dk, tk), &s.p, tp, v, g.kvw, &mut out[h * dk..], d);
     }
 }
 
@@ -350,33 +429,54 @@ fn forward_all(
     with_bias(bias, g, |bias| {
         out.par_chunks_mut(g.tq * d)
             .enumerate()
-            .for_each_init(Vec::new, |p, (n, out)| {
-                // (tq, tk) per head, or (heads, tk) for a single query.
-                p.resize(g.tq.max(g.heads) * g.tk, 0.0);
+            .for_each_init(Scratch::default, |s, (n, out)| {
                 let q = &q[n * g.tq * g.qw..][..g.tq * g.qw];
                 let kv = &kv[n * g.kv_block..][..g.tk * g.kvw];
                 let mask = sentence_mask(mask, g, n);
-                forward_sentence(g, q, kv, &bias, n, mask, out, p);
+                forward_sentence(g, q, kv, &bias, n, mask, out, s);
             });
         Ok(())
     })?;
     Ok((CpuStorage::F32(out), Shape::from((g.b, g.tq, d))))
 }
 
-/// Per-thread scratch of the backward pass.
+/// Per-thread scratch of the kernels: probabilities `p` and their gradient `dp` `(tq, tp)`,
+/// one head's keys or values transposed `kt` `(dk, tp)`, a transposed `(tk, tq)` block `t`,
+/// and one sentence's gradients of Q `(tq, d)`, K and V `(tk, d)`.
 #[derive(Default)]
 struct Scratch {
     p: Vec<f32>,
     dp: Vec<f32>,
+    kt: Vec<f32>,
+    t: Vec<f32>,
     dq: Vec<f32>,
     dk: Vec<f32>,
     dv: Vec<f32>,
 }
 
+/// `out (tk, tq)` = the first `tk` columns of `src (tq, tp)`, transposed, each value times
+/// the mask's `(tq, tk)` entry when there is one.
+#[inline(always)]
+fn transpose_probs(
+    out: &mut [f32],
+    src: &[f32],
+    tp: usize,
+    tq: usize,
+    tk: usize,
+    mask: Option<&[f32]>,
+) {
+    for j in 0..tk {
+        let o = &mut out[j * tq..][..tq];
+        for (i, o) in o.iter_mut().enumerate() {
+            *o = src[i * tp + j] * mask.map_or(1.0, |m| m[i * tk + j]);
+        }
+    }
+}
+
 /// Gradients of one sentence's Q `(tq, d)`, K and V `(tk, d)` into `s.dq`, `s.dk`, `s.dv`,
 /// given the output gradient `go` `(tq, d)`. With dropout mask M (1 without dropout):
 /// dV = (P∘M)ᵀ·dO, dP = (dO·Vᵀ)∘M, dS = P ∘ (dP − rowsum(P ∘ dP)), dQ = dS·K/√d_k,
-/// dK = dSᵀ·Q/√d_k.
+/// dK = dSᵀ·Q/√d_k. Each head writes its own columns of the three, so nothing is zeroed.
 #[allow(clippy::too_many_arguments)]
 #[multiversion(targets("x86_64+avx2+fma"))]
 fn backward_sentence(
@@ -392,44 +492,44 @@ fn backward_sentence(
     const FMA: bool = selected_target!().supports_feature_str("fma");
     let d = g.d();
     let (tq, tk, dk) = (g.tq, g.tk, g.dk);
-    s.p.resize(tq * tk, 0.0);
-    s.dp.resize(tq * tk, 0.0);
-    s.dq.clear();
+    let tp = tk.next_multiple_of(8);
+    s.p.resize(tq * tp, 0.0);
+    s.dp.resize(tq * tp, 0.0);
+    s.kt.resize(dk * tp, 0.0);
+    s.t.resize(tk * tq, 0.0);
     s.dq.resize(tq * d, 0.0);
-    for buf in [&mut s.dk, &mut s.dv] {
-        buf.clear();
-        buf.resize(tk * d, 0.0);
-    }
+    s.dk.resize(tk * d, 0.0);
+    s.dv.resize(tk * d, 0.0);
     for h in 0..g.heads {
         let off = h * dk;
-        probs::<FMA>(g, q, kv, bias, sentence, h, &mut s.p);
         let m = mask.map(|m| &m[h * tq * tk..][..tq * tk]);
+        probs_block::<FMA>(g, q, kv, bias, sentence, h, s);
+        // dP = dO·Vᵀ (then ∘ M), with the head's values transposed into `kt`.
+        transpose_head(&mut s.kt, kv, tk, g.kvw, g.v_col + off, dk, tp);
+        small_product::<FMA>((tq, tp, dk), &go[off..], d, &s.kt, tp, &mut s.dp, tp);
+        // dV = (P∘M)ᵀ·dO.
+        transpose_probs(&mut s.t, &s.p, tp, tq, tk, m);
+        small_product::<FMA>((tk, dk, tq), &s.t, tq, &go[off..], d, &mut s.dv[off..], d);
+        // dS, in place of dP.
         for i in 0..tq {
-            let goi = &go[i * d + off..][..dk];
-            let mut row = 0.0;
-            for j in 0..tk {
-                let pij = s.p[i * tk + j];
-                let mij = m.map_or(1.0, |m| m[i * tk + j]);
-                let vj = &kv[j * g.kvw + g.v_col + off..][..dk];
-                let dpij = dot::<FMA>(goi, vj) * mij;
-                s.dp[i * tk + j] = dpij;
-                row += pij * dpij;
-                if pij * mij != 0.0 {
-                    axpy(&mut s.dv[j * d + off..][..dk], pij * mij, goi);
+            let p = &s.p[i * tp..][..tk];
+            let dp = &mut s.dp[i * tp..][..tk];
+            if let Some(m) = m {
+                for (dp, m) in dp.iter_mut().zip(&m[i * tk..][..tk]) {
+                    *dp *= m;
                 }
             }
-            // dS of row i, in place of dP.
-            let qi = &q[i * g.qw + g.q_col + off..][..dk];
-            for j in 0..tk {
-                let ds = s.p[i * tk + j] * (s.dp[i * tk + j] - row) * g.scale;
-                s.dp[i * tk + j] = ds;
-                if ds != 0.0 {
-                    axpy(&mut s.dk[j * d + off..][..dk], ds, qi);
-                }
+            let row: f32 = p.iter().zip(dp.iter()).map(|(p, dp)| p * dp).sum();
+            for (dp, p) in dp.iter_mut().zip(p) {
+                *dp = p * (*dp - row) * g.scale;
             }
-            let dqi = &mut s.dq[i * d + off..][..dk];
-            weighted_rows(dqi, &s.dp[i * tk..][..tk], kv, g.kvw, g.k_col + off);
         }
+        // dQ = dS·K and dK = dSᵀ·Q.
+        let k = &kv[g.k_col + off..];
+        small_product::<FMA>((tq, dk, tk), &s.dp, tp, k, g.kvw, &mut s.dq[off..], d);
+        transpose_probs(&mut s.t, &s.dp, tp, tq, tk, None);
+        let qh = &q[g.q_col + off..];
+        small_product::<FMA>((tk, dk, tq), &s.t, tq, qh, g.qw, &mut s.dk[off..], d);
     }
 }
 

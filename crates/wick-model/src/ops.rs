@@ -125,7 +125,7 @@ fn first_equal(x: &[f32], value: f32) -> Option<usize> {
 
 /// max x (−∞ for an empty row; NaNs are skipped), in eight lanes like [`lane_sum`].
 #[inline(always)]
-fn lane_max(x: &[f32]) -> f32 {
+pub(crate) fn lane_max(x: &[f32]) -> f32 {
     let mut acc = [f32::NEG_INFINITY; 8];
     let chunks = x.chunks_exact(8);
     let rest = chunks

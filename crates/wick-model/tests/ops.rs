@@ -162,7 +162,8 @@ fn fused_attention_matches_reference() -> Result<()> {
         (1, 1, 1, 8, 2),
         (4, 7, 4, 9, 3),
         (16, 24, 4, 32, 4),
-        // The head widths with register-held sums (16, 64) and a 32-lane dot with a tail (40).
+        // Head widths that the per-head products cut into 16- and 8-column tiles and single
+        // columns (16, 64, 40; 9 and 3 above); lengths that are not a multiple of 8, so padded keys.
         (3, 6, 2, 16, 5),
         (2, 9, 2, 64, 6),
         (2, 5, 1, 40, 7),
@@ -395,7 +396,7 @@ fn projected_cross_entropy_matches_composed() -> Result<()> {
 
 #[test]
 fn fused_attention_dropout_matches_reference() -> Result<()> {
-    // d_k 8 takes the generic weighted sum, 32 the register-held one; both skip dropped keys.
+    // d_k 8 is one 8-column tile of the per-head products, 32 two 16-column tiles.
     for dk in [8, 32] {
         attention_dropout_case(dk)?;
     }
