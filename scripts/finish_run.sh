@@ -9,11 +9,12 @@
 # checkpoints (K = $AVERAGE, default 5), each decoded on dev with beam $BEAM (default 5) at
 # α = 1.0; the winner is decoded on dev again at each α in $ALPHAS (default "0.6 1.0 1.4").
 # Test is translated once, with the winning checkpoint and α. With PAPER_REF (an official
-# tokenized lowercased reference), also prints Multi30k's paper BLEU (scripts/paper_bleu.sh).
+# tokenized lowercased reference), also prints Multi30k's paper BLEU (scripts/paper_bleu.sh;
+# PAPER_TOKENIZED=1 for a model trained on already tokenized text, which it scores as it is).
 # Writes RUN_DIR/finish.json with every dev score and the final test report.
 set -euo pipefail
 if [ $# -lt 1 ] || [ $# -gt 2 ]; then
-    sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'
     exit 2
 fi
 run=$1 paper_ref=${2:-}
@@ -61,7 +62,9 @@ jq -r '"test: BLEU \(.bleu*100|round/100) [\(.bleu_ci.low*100|round/100), \(.ble
 paper=null
 if [ -n "$paper_ref" ]; then
     lang=$(sed -n 's/^tgt_lang *= *"\([^"]*\)".*/\1/p' "$run/config.toml" | head -1)
-    paper=$("$root/scripts/paper_bleu.sh" "$hyp" "$lang" "$paper_ref" | tail -1)
+    tok_flag=()
+    [ "${PAPER_TOKENIZED:-0}" = 1 ] && tok_flag=(--tokenized)
+    paper=$("$root/scripts/paper_bleu.sh" "${tok_flag[@]}" "$hyp" "$lang" "$paper_ref" | tail -1)
     echo "paper BLEU (lowercased, Moses-tokenized): $paper"
 fi
 jq -s --arg c "$best_ckpt" --argjson a "$best_alpha" --argjson p "$paper" \
