@@ -34,6 +34,22 @@ pub fn tune_allocator() {
     }
 }
 
+/// Runs Candle's own elementwise ops on the calling thread (`CANDLE_NUM_THREADS=1`) unless
+/// the user set `CANDLE_NUM_THREADS` themselves.
+///
+/// wick's kernels and products run on rayon's pool, one thread per core. Candle 0.11 keeps a
+/// second pool for its elementwise ops whose workers spin for a while after each op before they
+/// sleep, on the cores rayon's threads need next, and whose callers queue on one lock, which
+/// serialised the sentence groups that decoding runs side by side. The few Candle ops left in a
+/// step (gradient sums in backward, copies) are memory-bound and cheap alone. Call first thing
+/// in `main`, before any thread exists.
+pub fn tune_thread_pools() {
+    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+        // SAFETY: called at the start of main, before any other thread exists.
+        unsafe { std::env::set_var("CANDLE_NUM_THREADS", "1") };
+    }
+}
+
 /// Makes a write past the process's file-size limit (`ulimit -f`) fail with an error wick
 /// reports (EFBIG, like ENOSPC on a full disk) instead of killing the process with SIGXFSZ
 /// mid-write. Call once at start-up.

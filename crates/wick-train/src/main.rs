@@ -10,6 +10,7 @@ fn main() -> ExitCode {
         // SAFETY: first statement of main, before any other thread exists.
         unsafe { std::env::set_var("RUST_LIB_BACKTRACE", "0") };
     }
+    wick_train::tune_thread_pools();
     wick_train::tune_allocator();
     wick_train::report_file_size_limits();
     let cli = wick_train::cli::Cli::parse();
