@@ -181,64 +181,71 @@ fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
     }
 }
 
-/// `out (m, n) = a (m, k) · b (k, n)`, row-major with row strides `lda`, `ldb`, `ldo`: the
-/// per-head products of the attention core (m, n and k are sequence lengths and d_k, a few
-/// dozen). Tiles of 4 rows × 16 (or 8) columns keep their sums in registers and take each
-/// row of `b` as a vector, so no dot product needs a horizontal sum; a dot product per score
-/// with a 32-wide d_k spent as long on its horizontal sum as on the products (the kernel ran
-/// at a few GFLOP/s in a one-thread profile of the small preset's training step). Too small
-/// for `gemm`, whose packing would cost more than the product. `FMA` as in [`dot`].
+/// A row-major matrix operand inside a larger buffer: row `i` starts at `data[i · stride]`.
+#[derive(Clone, Copy)]
+struct Strided<'a> {
+    data: &'a [f32],
+    stride: usize,
+}
+
+impl<'a> Strided<'a> {
+    fn new(data: &'a [f32], stride: usize) -> Self {
+        Self { data, stride }
+    }
+
+    /// The operand from row `row`, column `col` on.
+    fn at(self, row: usize, col: usize) -> Self {
+        Self::new(&self.data[row * self.stride + col..], self.stride)
+    }
+}
+
+/// `out (m, n) = a (m, k) · b (k, n)`, with `out`'s rows `ldo` apart: the per-head products of
+/// the attention core (m, n and k are sequence lengths and d_k, a few dozen). Tiles of 4 rows
+/// × 16 (or 8, then 1) columns keep their sums in registers and take each row of `b` as a
+/// vector, so no dot product needs a horizontal sum; a dot product per score with a 32-wide
+/// d_k spent as long on its horizontal sum as on the products (the kernel ran at a few
+/// GFLOP/s in a one-thread profile of the small preset's training step). Too small for
+/// `gemm`, whose packing would cost more than the product. `FMA` as in [`dot`].
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
 fn small_product<const FMA: bool>(
     (m, n, k): (usize, usize, usize),
-    a: &[f32],
-    lda: usize,
-    b: &[f32],
-    ldb: usize,
+    a: Strided,
+    b: Strided,
     out: &mut [f32],
     ldo: usize,
 ) {
     let mut j = 0;
     while j + 16 <= n {
-        product_columns::<FMA, 16>(m, k, a, lda, &b[j..], ldb, &mut out[j..], ldo);
+        product_columns::<FMA, 16>(m, k, a, b.at(0, j), &mut out[j..], ldo);
         j += 16;
     }
     if j + 8 <= n {
-        product_columns::<FMA, 8>(m, k, a, lda, &b[j..], ldb, &mut out[j..], ldo);
+        product_columns::<FMA, 8>(m, k, a, b.at(0, j), &mut out[j..], ldo);
         j += 8;
     }
-    for c in j..n {
-        for i in 0..m {
-            let mut acc = 0.0;
-            for kk in 0..k {
-                acc += a[i * lda + kk] * b[kk * ldb + c];
-            }
-            out[i * ldo + c] = acc;
-        }
+    while j < n {
+        product_columns::<FMA, 1>(m, k, a, b.at(0, j), &mut out[j..], ldo);
+        j += 1;
     }
 }
 
 /// [`small_product`] for `C` columns of `b` and `out`, four rows at a time.
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
 fn product_columns<const FMA: bool, const C: usize>(
     m: usize,
     k: usize,
-    a: &[f32],
-    lda: usize,
-    b: &[f32],
-    ldb: usize,
+    a: Strided,
+    b: Strided,
     out: &mut [f32],
     ldo: usize,
 ) {
     let mut i = 0;
     while i + 4 <= m {
-        product_tile::<FMA, 4, C>(k, &a[i * lda..], lda, b, ldb, &mut out[i * ldo..], ldo);
+        product_tile::<FMA, 4, C>(k, a.at(i, 0), b, &mut out[i * ldo..], ldo);
         i += 4;
     }
     while i < m {
-        product_tile::<FMA, 1, C>(k, &a[i * lda..], lda, b, ldb, &mut out[i * ldo..], ldo);
+        product_tile::<FMA, 1, C>(k, a.at(i, 0), b, &mut out[i * ldo..], ldo);
         i += 1;
     }
 }
@@ -246,24 +253,22 @@ fn product_columns<const FMA: bool, const C: usize>(
 #[inline(always)]
 fn product_tile<const FMA: bool, const R: usize, const C: usize>(
     k: usize,
-    a: &[f32],
-    lda: usize,
-    b: &[f32],
-    ldb: usize,
+    a: Strided,
+    b: Strided,
     out: &mut [f32],
     ldo: usize,
 ) {
-    let rows: [&[f32]; R] = std::array::from_fn(|r| &a[r * lda..][..k]);
+    let rows: [&[f32]; R] = std::array::from_fn(|r| &a.data[r * a.stride..][..k]);
     let mut acc = [[0f32; C]; R];
     for kk in 0..k {
-        let bk = &b[kk * ldb..][..C];
-        for r in 0..R {
-            let x = rows[r][kk];
-            for c in 0..C {
-                acc[r][c] = if FMA {
-                    x.mul_add(bk[c], acc[r][c])
+        let bk = &b.data[kk * b.stride..][..C];
+        for (acc, row) in acc.iter_mut().zip(&rows) {
+            let x = row[kk];
+            for (acc, &y) in acc.iter_mut().zip(bk) {
+                *acc = if FMA {
+                    x.mul_add(y, *acc)
                 } else {
-                    acc[r][c] + x * bk[c]
+                    *acc + x * y
                 };
             }
         }
@@ -310,8 +315,8 @@ fn probs_block<const FMA: bool>(
     let (tq, tk, dk) = (g.tq, g.tk, g.dk);
     let tp = tk.next_multiple_of(8);
     transpose_head(&mut s.kt, kv, tk, g.kvw, g.k_col + h * dk, dk, tp);
-    let q = &q[g.q_col + h * dk..];
-    small_product::<FMA>((tq, tp, dk), q, g.qw, &s.kt, tp, &mut s.p, tp);
+    let q = Strided::new(q, g.qw).at(0, g.q_col + h * dk);
+    small_product::<FMA>((tq, tp, dk), q, Strided::new(&s.kt, tp), &mut s.p, tp);
     for i in 0..tq {
         let row = &mut s.p[i * tp..][..tp];
         for (x, b) in row.iter_mut().zip(bias.row(sentence, i)) {
@@ -410,8 +415,14 @@ fn forward_sentence(
                 }
             }
         }
-        let v = &kv[g.v_col + h * dk..];
-        small_product::<FMA>((tq, dk, tk), &s.p, tp, v, g.kvw, &mut out[h * dk..], d);
+        let v = Strided::new(kv, g.kvw).at(0, g.v_col + h * dk);
+        small_product::<FMA>(
+            (tq, dk, tk),
+            Strided::new(&s.p, tp),
+            v,
+            &mut out[h * dk..],
+            d,
+        );
     }
 }
 
@@ -503,13 +514,20 @@ fn backward_sentence(
     for h in 0..g.heads {
         let off = h * dk;
         let m = mask.map(|m| &m[h * tq * tk..][..tq * tk]);
+        let go_h = Strided::new(go, d).at(0, off);
         probs_block::<FMA>(g, q, kv, bias, sentence, h, s);
         // dP = dO·Vᵀ (then ∘ M), with the head's values transposed into `kt`.
         transpose_head(&mut s.kt, kv, tk, g.kvw, g.v_col + off, dk, tp);
-        small_product::<FMA>((tq, tp, dk), &go[off..], d, &s.kt, tp, &mut s.dp, tp);
+        small_product::<FMA>((tq, tp, dk), go_h, Strided::new(&s.kt, tp), &mut s.dp, tp);
         // dV = (P∘M)ᵀ·dO.
         transpose_probs(&mut s.t, &s.p, tp, tq, tk, m);
-        small_product::<FMA>((tk, dk, tq), &s.t, tq, &go[off..], d, &mut s.dv[off..], d);
+        small_product::<FMA>(
+            (tk, dk, tq),
+            Strided::new(&s.t, tq),
+            go_h,
+            &mut s.dv[off..],
+            d,
+        );
         // dS, in place of dP.
         for i in 0..tq {
             let p = &s.p[i * tp..][..tk];
@@ -525,11 +543,23 @@ fn backward_sentence(
             }
         }
         // dQ = dS·K and dK = dSᵀ·Q.
-        let k = &kv[g.k_col + off..];
-        small_product::<FMA>((tq, dk, tk), &s.dp, tp, k, g.kvw, &mut s.dq[off..], d);
+        let k = Strided::new(kv, g.kvw).at(0, g.k_col + off);
+        small_product::<FMA>(
+            (tq, dk, tk),
+            Strided::new(&s.dp, tp),
+            k,
+            &mut s.dq[off..],
+            d,
+        );
         transpose_probs(&mut s.t, &s.dp, tp, tq, tk, None);
-        let qh = &q[g.q_col + off..];
-        small_product::<FMA>((tk, dk, tq), &s.t, tq, qh, g.qw, &mut s.dk[off..], d);
+        let qh = Strided::new(q, g.qw).at(0, g.q_col + off);
+        small_product::<FMA>(
+            (tk, dk, tq),
+            Strided::new(&s.t, tq),
+            qh,
+            &mut s.dk[off..],
+            d,
+        );
     }
 }
 
