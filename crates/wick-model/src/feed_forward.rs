@@ -40,7 +40,23 @@ impl FeedForward {
     /// # Shapes
     /// `(b, t, d)` → `(b, t, d)`
     pub fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
-        let hidden = self.fc1.forward_relu(xs)?; // (b, t, d_ff)
+        let hidden = if self.dropout.is_active(train) {
+            // The same mask, drawn at the same point of the stream, as a separate dropout
+            // after the ReLU would draw; folded into fc1's node.
+            let d_ff = self.fc1.weight().dim(0)?;
+            let n = xs.elem_count() / xs.dim(candle_core::D::Minus1)? * d_ff;
+            self.fc1
+                .forward_relu_dropout(xs, self.dropout.draw_mask(n)?)?
+        } else {
+            self.fc1.forward_relu(xs)?
+        }; // (b, t, d_ff)
+        self.fc2.forward(&hidden)
+    }
+
+    /// [`FeedForward::forward_t`] with the ReLU and the dropout as separate nodes (the tests'
+    /// reference for the fused form).
+    pub fn forward_t_reference(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
+        let hidden = self.fc1.forward_relu(xs)?;
         self.fc2.forward(&self.dropout.forward_t(&hidden, train)?)
     }
 }

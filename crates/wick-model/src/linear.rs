@@ -5,20 +5,29 @@
 //! backward is three tensor ops (dX = dY·W, dW = dYᵀ·X, db = Σ dY). Composed from Candle ops
 //! it is five nodes (reshape, transpose, matmul, broadcast add, reshape), each of which costs a
 //! zeroed gradient buffer and an addition in backward. [`Linear::forward_relu`] folds the
-//! feed-forward ReLU into the same node (applied in place forward, a mask on dY backward).
+//! feed-forward ReLU into the same node (applied in place forward, a mask on dY backward), and
+//! [`Linear::forward_relu_dropout`] the dropout that follows it as well.
 //! [`Linear::forward_reference`] is the composed form the tests hold the op to.
+
+use std::sync::Arc;
 
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Module, Result, Shape, Tensor};
 use candle_nn::{Init, VarBuilder};
+use rayon::prelude::*;
 
 use crate::init::xavier_uniform;
 use crate::ops::{gemm_into, slice, strided_2d};
 
-/// `y = x·Wᵀ + b` (then `max(y, 0)` with `relu`) over the rows of x, any rank: x `(…, in)`,
-/// W `(out, in)`, b `(out,)`.
+/// `y = x·Wᵀ + b` (then `max(y, 0)` with `relu`, then `⊙ mask` with a dropout mask) over the
+/// rows of x, any rank: x `(…, in)`, W `(out, in)`, b `(out,)`, mask `rows × out` values.
 struct AffineOp {
     relu: bool,
+    /// Only with `relu`: the feed-forward's dropout, `0` or `1/(1-p)` per output value.
+    mask: Option<Arc<Vec<f32>>>,
 }
+
+/// Elements per parallel job of the elementwise passes below.
+const CHUNK: usize = 1 << 14;
 
 /// Column sums of a `(rows, n)` matrix: the bias gradient. Candle's `sum(0)` walks the
 /// matrix element by element on one thread; this adds whole rows (vectorised), on row blocks
@@ -60,8 +69,10 @@ impl candle_core::CustomOp1 for ColumnSum {
     }
 }
 
-/// The ReLU's backward: dY where the (rectified) output is positive, else 0.
-struct ReluMask;
+/// The ReLU's backward: dY where the (rectified) output is positive, else 0; with the
+/// dropout mask that followed the ReLU, dY ⊙ mask there. The output is positive exactly
+/// where the ReLU passed and the mask kept, so the output alone tells both.
+struct ReluMask(Option<Arc<Vec<f32>>>);
 
 impl CustomOp2 for ReluMask {
     fn name(&self) -> &'static str {
@@ -77,11 +88,26 @@ impl CustomOp2 for ReluMask {
     ) -> Result<(CpuStorage, Shape)> {
         let y = slice(sy, ly, "relu output")?;
         let g = slice(sg, lg, "relu gradient")?;
-        let out = y
-            .iter()
-            .zip(g)
-            .map(|(&y, &g)| if y > 0.0 { g } else { 0.0 })
-            .collect();
+        let mut out = vec![0f32; y.len()];
+        let jobs = out.par_chunks_mut(CHUNK).zip(y.par_chunks(CHUNK));
+        match &self.0 {
+            None => jobs.zip(g.par_chunks(CHUNK)).for_each(|((o, y), g)| {
+                for ((o, &y), &g) in o.iter_mut().zip(y).zip(g) {
+                    *o = if y > 0.0 { g } else { 0.0 };
+                }
+            }),
+            Some(mask) => {
+                if mask.len() != y.len() {
+                    candle_core::bail!("relu-dropout: mask of {} for {}", mask.len(), y.len())
+                }
+                jobs.zip(g.par_chunks(CHUNK).zip(mask.par_chunks(CHUNK)))
+                    .for_each(|((o, y), (g, m))| {
+                        for (((o, &y), &g), &m) in o.iter_mut().zip(y).zip(g).zip(m) {
+                            *o = if y > 0.0 { g * m } else { 0.0 };
+                        }
+                    })
+            }
+        }
         Ok((CpuStorage::F32(out), ly.shape().clone()))
     }
 }
@@ -120,10 +146,27 @@ impl CustomOp3 for AffineOp {
             (w_cs, w_rs),
             true,
         )?;
-        if self.relu {
-            for v in &mut y {
-                *v = v.max(0.0);
+        match (&self.mask, self.relu) {
+            (Some(mask), true) => {
+                if mask.len() != y.len() {
+                    candle_core::bail!("relu-dropout: mask of {} for {}", mask.len(), y.len())
+                }
+                // The same arithmetic as the ReLU followed by dropout's product.
+                y.par_chunks_mut(CHUNK)
+                    .zip(mask.par_chunks(CHUNK))
+                    .for_each(|(y, m)| {
+                        for (v, &m) in y.iter_mut().zip(m) {
+                            *v = v.max(0.0) * m;
+                        }
+                    });
             }
+            (None, true) => {
+                for v in &mut y {
+                    *v = v.max(0.0);
+                }
+            }
+            (Some(_), false) => candle_core::bail!("linear: a dropout mask needs the ReLU"),
+            (None, false) => {}
         }
         let mut dims = lx.shape().dims().to_vec();
         if let Some(last) = dims.last_mut() {
@@ -147,7 +190,7 @@ impl CustomOp3 for AffineOp {
         let rows = x.elem_count() / d_in;
         let grad = if self.relu {
             y.detach()
-                .apply_op2_no_bwd(&grad.contiguous()?, &ReluMask)?
+                .apply_op2_no_bwd(&grad.contiguous()?, &ReluMask(self.mask.clone()))?
         } else {
             grad.detach()
         };
@@ -250,8 +293,32 @@ impl Linear {
 }
 
 impl Linear {
-    fn forward_op(&self, xs: &Tensor, relu: bool) -> Result<Tensor> {
+    /// `mask` only with `relu`: dropout after the ReLU (`0` or `1/(1-p)` per output value).
+    fn forward_op(&self, xs: &Tensor, relu: bool, mask: Option<Vec<f32>>) -> Result<Tensor> {
         let (d_out, d_in) = self.weight.dims2()?;
+        if let Some(mask) = mask {
+            let fused = xs.device().is_cpu()
+                && xs.dtype() == DType::F32
+                && self.weight.dtype() == DType::F32
+                && xs.dims().last() == Some(&d_in)
+                && self.panels.is_none();
+            return match &self.bias {
+                Some(b) if relu && fused => xs.contiguous()?.apply_op3(
+                    &self.weight,
+                    b,
+                    AffineOp {
+                        relu,
+                        mask: Some(Arc::new(mask)),
+                    },
+                ),
+                _ => {
+                    let y = self.forward_op(xs, relu, None)?;
+                    let mask =
+                        Tensor::from_vec(mask, y.shape(), y.device())?.to_dtype(y.dtype())?;
+                    y.mul(&mask)
+                }
+            };
+        }
         if let Some(panels) = &self.panels
             && xs.device().is_cpu()
             && xs.dtype() == DType::F32
@@ -263,9 +330,10 @@ impl Linear {
             && self.weight.dtype() == DType::F32
             && xs.dims().last() == Some(&d_in);
         match &self.bias {
-            Some(b) if fused => xs
-                .contiguous()?
-                .apply_op3(&self.weight, b, AffineOp { relu }),
+            Some(b) if fused => {
+                xs.contiguous()?
+                    .apply_op3(&self.weight, b, AffineOp { relu, mask: None })
+            }
             _ if relu => self.forward_reference(xs)?.relu(),
             _ => self.forward_reference(xs),
         }
@@ -276,7 +344,19 @@ impl Linear {
     /// # Shapes
     /// `(…, in)` → `(…, out)`
     pub fn forward_relu(&self, xs: &Tensor) -> Result<Tensor> {
-        self.forward_op(xs, true)
+        self.forward_op(xs, true, None)
+    }
+
+    /// `max(x·Wᵀ + b, 0) ⊙ mask`: the ReLU followed by dropout with a drawn mask
+    /// ([`crate::dropout::Dropout::draw_mask`], one value per output element), one autograd
+    /// node on the CPU. Folding the dropout in saves its pass over the `(rows, out)` hidden
+    /// values forward and backward, and the zeroed gradient buffer and sum Candle's backward
+    /// spends on every node's input.
+    ///
+    /// # Shapes
+    /// `(…, in)` → `(…, out)`; mask: as many values as the output.
+    pub fn forward_relu_dropout(&self, xs: &Tensor, mask: Vec<f32>) -> Result<Tensor> {
+        self.forward_op(xs, true, Some(mask))
     }
 }
 
@@ -284,6 +364,6 @@ impl Module for Linear {
     /// # Shapes
     /// `(…, in)` → `(…, out)`; leading dims are flattened into one matmul.
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        self.forward_op(xs, false)
+        self.forward_op(xs, false, None)
     }
 }

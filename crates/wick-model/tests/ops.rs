@@ -167,6 +167,9 @@ fn fused_attention_matches_reference() -> Result<()> {
         (3, 6, 2, 16, 5),
         (2, 9, 2, 64, 6),
         (2, 5, 1, 40, 7),
+        // A decoding step's keys go eight at a time: d_k 12 takes the eight-key blocks
+        // without the vector path (d_k 32 and 64 above take it), then two leftover keys.
+        (2, 10, 3, 12, 8),
     ] {
         let d = heads * dk;
         let qkv = randn(&[b, t, 3 * d], seed)?;
@@ -335,6 +338,57 @@ fn fused_linear_matches_reference() -> Result<()> {
                 assert!(r < 1e-5, "backward {shape:?} relu {relu}: {r}");
             }
         }
+    }
+    Ok(())
+}
+
+#[test]
+fn feed_forward_dropout_fused_equals_composed() -> Result<()> {
+    use candle_nn::{VarBuilder, VarMap};
+    use wick_model::DropoutRng;
+    use wick_model::feed_forward::FeedForward;
+    // The ReLU and the dropout folded into fc1's node: the same mask from the same point of
+    // the stream and the same arithmetic as the separate nodes, so equal bit for bit, forward
+    // and backward; training mode only changes anything with p > 0.
+    for (shape, d_ff, p) in [
+        (vec![3, 5, 8], 32, 0.3),
+        (vec![7, 16], 24, 0.1),
+        (vec![2, 3, 4], 8, 0.0),
+    ] {
+        let d = *shape.last().unwrap();
+        let map = VarMap::new();
+        let rng = DropoutRng::new(5);
+        let ffn = FeedForward::new(
+            d,
+            d_ff,
+            p,
+            rng.clone(),
+            VarBuilder::from_varmap(&map, DType::F32, &Device::Cpu),
+        )?;
+        for (i, var) in map.all_vars().iter().enumerate() {
+            var.set(&randn(var.dims(), 20 + i as u64)?)?;
+        }
+        let x = Var::from_tensor(&randn(&shape, 9)?)?;
+        let probe = randn(&shape, 10)?;
+        let mut vars = map.all_vars();
+        vars.push(x.clone());
+        let saved = rng.state()?;
+        let run = |f: &dyn Fn(&Tensor) -> Result<Tensor>| -> Result<Vec<Vec<f32>>> {
+            rng.restore(saved.clone())?;
+            let y = f(x.as_tensor())?;
+            let g = (&y * &probe)?.sum_all()?.backward()?;
+            let mut out = vec![y.flatten_all()?.to_vec1::<f32>()?];
+            for v in &vars {
+                out.push(g.get(v).unwrap().flatten_all()?.to_vec1::<f32>()?);
+            }
+            Ok(out)
+        };
+        let fused = run(&|x| ffn.forward_t(x, true))?;
+        let composed = run(&|x| ffn.forward_t_reference(x, true))?;
+        assert_eq!(fused, composed, "{shape:?} d_ff {d_ff} p {p}");
+        // Dropout did drop (and scale) something when on; eval mode is the plain layer.
+        let plain = run(&|x| ffn.forward_t(x, false))?;
+        assert_eq!(plain != fused, p > 0.0, "{shape:?} p {p}");
     }
     Ok(())
 }
