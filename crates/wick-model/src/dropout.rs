@@ -46,6 +46,17 @@ impl DropoutRng {
         Ok(())
     }
 
+    /// Restarts this stream from a key drawn from `parent`: a second stream whose draws
+    /// follow from `parent`'s state (a training step's other shards; see `wick_train::step`).
+    pub fn reseed_from(&self, parent: &DropoutRng) -> Result<()> {
+        if Arc::ptr_eq(&self.0, &parent.0) {
+            candle_core::bail!("dropout: a stream cannot be reseeded from itself")
+        }
+        let key: u64 = parent.lock()?.random();
+        *self.lock()? = ChaCha8Rng::seed_from_u64(key);
+        Ok(())
+    }
+
     /// A `{0, 1/(1-p)}` mask of `n` values.
     fn mask(&self, n: usize, p: f32) -> Result<Vec<f32>> {
         use rayon::prelude::*;

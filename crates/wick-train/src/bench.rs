@@ -12,7 +12,6 @@ use wick_model::{
     VocabSizes,
 };
 
-use crate::loss::projected_label_smoothed_cross_entropy;
 use crate::optim::AdamW;
 use crate::run::memory_mb;
 
@@ -73,10 +72,12 @@ pub struct BenchReport {
     pub ms_per_step: f64,
     pub ms_per_step_min: f64,
     pub ms_per_step_max: f64,
-    /// Medians of the step's parts: forward and loss, backward, clipping and AdamW.
-    pub forward_ms: f64,
-    pub backward_ms: f64,
+    /// Medians of the step's parts: forward, loss and backward of the shards (side by side,
+    /// so not separable) with the gradients summed; clipping and AdamW.
+    pub gradients_ms: f64,
     pub update_ms: f64,
+    /// Slices of sentences the batch ran as (`wick_train::step`).
+    pub shards: usize,
     pub tgt_tokens_per_s: f64,
     /// Matmul FLOPs of forward + backward, per second.
     pub gflops: f64,
@@ -141,8 +142,21 @@ pub fn forward_flops(cfg: &TransformerConfig, vocab: usize, b: usize, s: usize, 
 }
 
 pub fn bench_train(req: BenchRequest) -> Result<BenchReport> {
+    use crate::step::{SHARDS, ShardInput, batch_gradients, shard_ranges};
     let rss_before = memory_mb().1;
     let (store, model) = random_model(&req.model, req.vocab, &req.device)?;
+    // The trainer's step: the batch in shards of sentences, one model replica each.
+    let shards = if req.device.is_cpu() { SHARDS } else { 1 };
+    let mut replicas = vec![model];
+    for _ in 1..shards {
+        replicas.push(Transformer::new(
+            &req.model,
+            replicas[0].vocab(),
+            DropoutRng::new(0),
+            store.var_builder(DType::F32, &req.device),
+        )?);
+    }
+    let vars: Vec<_> = store.vars().into_iter().map(|(_, v)| v).collect();
     let mut opt = AdamW::new(store.vars(), 0.9, 0.98, 1e-9, 0.0)?;
     let mut ids = RandomIds::new(req.vocab);
     let (b, s, t) = (req.batch_size, req.src_len, req.tgt_len);
@@ -151,34 +165,39 @@ pub fn bench_train(req: BenchRequest) -> Result<BenchReport> {
     let tgt_out = ids.tensor(b, t, &req.device)?;
     let src_mask = Tensor::ones((b, s), DType::F32, &req.device)?;
     let tgt_mask = Tensor::ones((b, t), DType::F32, &req.device)?;
+    let inputs = shard_ranges(&vec![t; b], shards)
+        .into_iter()
+        .map(|r| {
+            let rows = |x: &Tensor| x.narrow(0, r.start, r.len());
+            Ok(ShardInput {
+                src: rows(&src)?,
+                src_mask: rows(&src_mask)?,
+                tgt_in: rows(&tgt_in)?,
+                tgt_out: rows(&tgt_out)?,
+                tgt_mask: rows(&tgt_mask)?,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
     let mut times = Vec::new();
-    let (mut fwd, mut bwd, mut upd) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut fwd_bwd, mut upd) = (Vec::new(), Vec::new());
     for i in 0..req.warmup + req.steps {
         let start = Instant::now();
-        let memory = model.encode(&src, &src_mask, true)?;
-        let hidden = model.hidden_t(&memory, &tgt_in, true)?;
-        let sums = projected_label_smoothed_cross_entropy(
-            &hidden,
-            model.output_weight(),
-            &tgt_out,
-            &tgt_mask,
-            0.1,
-        )?;
-        let loss = (sums.smoothed / (b * t) as f64)?;
-        let forward_done = Instant::now();
-        let grads = loss.backward()?;
+        let (grads, _loss) = batch_gradients(&replicas, &inputs, b * t, 0.1, &vars)?;
         let backward_done = Instant::now();
         let norm = opt.grad_norm(&grads)?;
         let scale = if norm > 1.0 { 1.0 / norm } else { 1.0 };
         opt.step(&grads, 1e-4, scale)?;
-        // The update is applied lazily nowhere in Candle, but read one value so that every
-        // device has finished the step before the clock stops.
-        loss.to_scalar::<f32>()?;
+        // Read one parameter value so that every device has finished the update before the
+        // clock stops.
+        vars[0]
+            .as_tensor()
+            .flatten_all()?
+            .get(0)?
+            .to_scalar::<f32>()?;
         if i >= req.warmup {
             let end = Instant::now();
             times.push((end - start).as_secs_f64());
-            fwd.push((forward_done - start).as_secs_f64());
-            bwd.push((backward_done - forward_done).as_secs_f64());
+            fwd_bwd.push((backward_done - start).as_secs_f64());
             upd.push((end - backward_done).as_secs_f64());
         }
     }
@@ -199,9 +218,9 @@ pub fn bench_train(req: BenchRequest) -> Result<BenchReport> {
         ms_per_step: median * 1e3,
         ms_per_step_min: times[0] * 1e3,
         ms_per_step_max: times[times.len() - 1] * 1e3,
-        forward_ms: median_ms(&mut fwd),
-        backward_ms: median_ms(&mut bwd),
+        gradients_ms: median_ms(&mut fwd_bwd),
         update_ms: median_ms(&mut upd),
+        shards: inputs.len(),
         tgt_tokens_per_s: (b * t) as f64 / median,
         gflops: flops / median / 1e9,
         peak_rss_mb: peak,

@@ -763,7 +763,7 @@ fn cmd_bench_train(a: BenchTrainArgs) -> Result<()> {
         println!("{}", serde_json::to_string(&r)?);
     } else {
         println!(
-            "params {}  batch {}x({}+{})  {:.1} ms/step (min {:.1}, max {:.1}; forward {:.0}, backward {:.0}, update {:.0})  {:.0} target tokens/s  {:.1} GFLOP/s matmul  peak RSS {:.0} MB (working {:.0} MB)",
+            "params {}  batch {}x({}+{})  {:.1} ms/step (min {:.1}, max {:.1}; gradients of {} shards {:.0}, update {:.0})  {:.0} target tokens/s  {:.1} GFLOP/s matmul  peak RSS {:.0} MB (working {:.0} MB)",
             r.params,
             r.batch_size,
             r.src_len,
@@ -771,8 +771,8 @@ fn cmd_bench_train(a: BenchTrainArgs) -> Result<()> {
             r.ms_per_step,
             r.ms_per_step_min,
             r.ms_per_step_max,
-            r.forward_ms,
-            r.backward_ms,
+            r.shards,
+            r.gradients_ms,
             r.update_ms,
             r.tgt_tokens_per_s,
             r.gflops,

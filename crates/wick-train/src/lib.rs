@@ -15,6 +15,7 @@ pub mod optim;
 pub mod prepare;
 pub mod run;
 pub mod schedule;
+pub mod step;
 pub mod trainer;
 pub mod translate;
 

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use candle_core::backprop::GradStore;
-use candle_core::{DType, Device};
+use candle_core::{DType, Device, Var};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use wick_data::batcher::{epoch_seed, token_batches};
@@ -29,6 +29,7 @@ use crate::run::{
     git_commit, memory_mb, sha256_file,
 };
 use crate::schedule::learning_rate;
+use crate::step::{SHARDS, ShardInput, add_grads, batch_gradients, shard_ranges};
 use crate::translate::translate;
 
 /// What a finished training reports.
@@ -213,6 +214,9 @@ struct Trainer {
     tok: Tokenizers,
     store: ParamStore,
     model: Transformer,
+    /// `model` and the replicas that run a batch's other shards (`crate::step`): the same
+    /// parameters, their own dropout streams.
+    replicas: Vec<Transformer>,
     /// Same weights as `model`, detached: validation builds no autograd graph.
     eval_model: Transformer,
     opt: AdamW,
@@ -244,6 +248,17 @@ impl Trainer {
             store.var_builder(DType::F32, device),
         )?;
         let eval_model = frozen_model(&cfg, vocab, &store, device)?;
+        // On other devices the shards would only take turns on the same device.
+        let shards = if device.is_cpu() { SHARDS } else { 1 };
+        let mut replicas = vec![model.clone()];
+        for _ in 1..shards {
+            replicas.push(Transformer::new(
+                &cfg.model,
+                vocab,
+                DropoutRng::new(0),
+                store.var_builder(DType::F32, device),
+            )?);
+        }
         let t = &cfg.train;
         let opt = AdamW::new(
             store.vars(),
@@ -264,6 +279,7 @@ impl Trainer {
             tok,
             store,
             model,
+            replicas,
             eval_model,
             opt,
             state: TrainerState::default(),
@@ -591,50 +607,39 @@ fn run_loop(tr: &mut Trainer, train: &[Example]) -> Result<TrainSummary> {
                 break 'epochs;
             }
             // One update: gradients of every batch in the group, summed, normalised by the
-            // group's target tokens.
+            // group's target tokens. Each batch runs as shards of its sentences, side by side.
             let batches = group
                 .iter()
                 .map(|rows| {
-                    Batch::new(
-                        &rows.iter().map(|&i| &train[i]).collect::<Vec<_>>(),
-                        SPECIALS,
-                        &device,
-                    )
+                    let lengths: Vec<usize> = rows.iter().map(|&i| train[i].tgt_len()).collect();
+                    shard_ranges(&lengths, tr.replicas.len())
+                        .into_iter()
+                        .map(|range| {
+                            let examples: Vec<&Example> =
+                                rows[range].iter().map(|&i| &train[i]).collect();
+                            Batch::new(&examples, SPECIALS, &device)
+                        })
+                        .collect::<candle_core::Result<Vec<_>>>()
                 })
                 .collect::<candle_core::Result<Vec<_>>>()?;
-            let group_tokens: usize = batches.iter().map(|b| b.n_tgt_tokens).sum();
+            let group_tokens: usize = batches.iter().flatten().map(|b| b.n_tgt_tokens).sum();
+            let vars: Vec<Var> = tr.store.vars().into_iter().map(|(_, v)| v).collect();
             let mut grads: Option<GradStore> = None;
             let mut group_loss = 0.0;
-            for batch in &batches {
-                let memory = tr
-                    .model
-                    .encode(&batch.source.src, &batch.source.src_mask, true)?;
-                let hidden = tr.model.hidden_t(&memory, &batch.tgt_in, true)?;
-                let sums = projected_label_smoothed_cross_entropy(
-                    &hidden,
-                    tr.model.output_weight(),
-                    &batch.tgt_out,
-                    &batch.tgt_mask,
+            for shards in &batches {
+                let inputs: Vec<ShardInput> = shards.iter().map(ShardInput::from).collect();
+                let (g, loss) = batch_gradients(
+                    &tr.replicas,
+                    &inputs,
+                    group_tokens,
                     t.label_smoothing,
+                    &vars,
                 )?;
-                let loss = (sums.smoothed / group_tokens as f64)?;
-                let g = loss.backward()?;
-                group_loss += loss.to_scalar::<f32>()? as f64;
-                grads = Some(match grads {
-                    None => g,
-                    Some(mut acc) => {
-                        for (_, var) in tr.store.vars() {
-                            if let Some(new) = g.get(var.as_tensor()) {
-                                let sum = match acc.get(var.as_tensor()) {
-                                    Some(old) => (old + new)?,
-                                    None => new.clone(),
-                                };
-                                acc.insert(var.as_tensor(), sum);
-                            }
-                        }
-                        acc
-                    }
-                });
+                group_loss += loss;
+                match &mut grads {
+                    None => grads = Some(g),
+                    Some(acc) => add_grads(acc, &g, &vars)?,
+                }
             }
             let Some(grads) = grads else { continue };
             let step = tr.state.step + 1;

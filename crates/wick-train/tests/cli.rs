@@ -550,12 +550,13 @@ fn bench_presets_run_fixed_shapes() {
     for key in [
         "tgt_tokens_per_s",
         "ms_per_step",
-        "forward_ms",
-        "backward_ms",
+        "gradients_ms",
         "update_ms",
     ] {
         assert!(r[key].as_f64().unwrap() > 0.0, "{key}: {r}");
     }
+    // Two sentences: the trainer's two shards, one sentence each.
+    assert_eq!(r["shards"], 2);
 
     // The step's products: 11 linear maps (tiny: 2+2 layers) × forward, dX, dW, with the token
     // counts of the batch; they cover the step's FLOPs except the attention core.
