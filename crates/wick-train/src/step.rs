@@ -3,9 +3,10 @@
 //! With every op of the step split across the threads, the threads meet after each op, and one
 //! core idles through every op that runs on a single thread (Candle's gradient sums and zeroed
 //! gradient buffers in backward, copies, small ops). Here the batch is cut into [`SHARDS`]
-//! slices of whole sentences; each runs forward, loss and backward on its own thread (rayon,
-//! so an idle thread still helps the other shard's products) through its own replica of the
-//! model, and the gradients are summed. Measured on the small benchmark preset (2 cores): two
+//! slices of whole sentences; each runs forward, loss and backward on its own thread through
+//! its own replica of the model, its products left whole (`wick_model::ops::with_whole_products`;
+//! rayon still lets an idle thread take over the other shard's parallel kernels), and the
+//! gradients are summed. Measured on the small benchmark preset (2 cores): two
 //! one-thread processes on 32 sentences each took 429–436 ms per step side by side, the
 //! two-thread step on all 64 sentences 523–560 ms.
 //!
@@ -138,18 +139,12 @@ pub fn batch_gradients(
         .par_iter()
         .zip(replicas)
         .map(|(shard, model)| {
-            let memory = model.encode(&shard.src, &shard.src_mask, true)?;
-            let hidden = model.hidden_t(&memory, &shard.tgt_in, true)?;
-            let sums = projected_label_smoothed_cross_entropy(
-                &hidden,
-                model.output_weight(),
-                &shard.tgt_out,
-                &shard.tgt_mask,
-                label_smoothing,
-            )?;
-            let loss = (sums.smoothed / norm_tokens as f64)?;
-            let grads = loss.backward()?;
-            Ok((grads, loss.to_scalar::<f32>()? as f64))
+            let run = || shard_gradients(model, shard, norm_tokens, label_smoothing);
+            if shards.len() > 1 {
+                wick_model::ops::with_whole_products(run)
+            } else {
+                run()
+            }
         })
         .collect::<Result<Vec<_>>>()?;
     let mut results = results.into_iter();
@@ -161,6 +156,27 @@ pub fn batch_gradients(
         loss += l;
     }
     Ok((grads, loss))
+}
+
+/// One shard's forward, loss (divided by `norm_tokens`) and backward.
+fn shard_gradients(
+    model: &Transformer,
+    shard: &ShardInput,
+    norm_tokens: usize,
+    label_smoothing: f64,
+) -> Result<(GradStore, f64)> {
+    let memory = model.encode(&shard.src, &shard.src_mask, true)?;
+    let hidden = model.hidden_t(&memory, &shard.tgt_in, true)?;
+    let sums = projected_label_smoothed_cross_entropy(
+        &hidden,
+        model.output_weight(),
+        &shard.tgt_out,
+        &shard.tgt_mask,
+        label_smoothing,
+    )?;
+    let loss = (sums.smoothed / norm_tokens as f64)?;
+    let grads = loss.backward()?;
+    Ok((grads, loss.to_scalar::<f32>()? as f64))
 }
 
 #[cfg(test)]
@@ -302,5 +318,33 @@ mod tests {
         // Dropout was on: without it the gradients differ.
         assert_ne!(one.0, run(2, 0.0)?.0.0);
         Ok(())
+    }
+
+    #[test]
+    fn shards_balance_weight_and_cover_every_item() {
+        assert_eq!(shard_ranges(&[5, 5, 5, 5], 2), vec![0..2, 2..4]);
+        assert_eq!(shard_ranges(&[9, 1, 1, 1], 2), vec![0..1, 1..4]);
+        assert_eq!(shard_ranges(&[1, 1, 1, 9], 2), vec![0..3, 3..4]);
+        assert_eq!(shard_ranges(&[3, 4, 5], 3), vec![0..1, 1..2, 2..3]);
+        assert_eq!(shard_ranges(&[7], 2), vec![0..1]);
+        assert_eq!(shard_ranges(&[0, 0], 2), vec![0..1, 1..2]);
+        assert_eq!(shard_ranges(&[], 2), vec![0..0]);
+        for n in 1..12 {
+            let w: Vec<usize> = (0..n).map(|i| 1 + (i * 7) % 5).collect();
+            let r = shard_ranges(&w, 2);
+            assert_eq!(r.len(), n.min(2));
+            assert_eq!(r[0].start, 0);
+            assert_eq!(r.last().unwrap().end, n);
+            assert!(r.windows(2).all(|p| p[0].end == p[1].start));
+            assert!(r.iter().all(|r| !r.is_empty()));
+            // The cut is the one closest to half the weight.
+            let total: usize = w.iter().sum();
+            let best = (1..n.max(2))
+                .map(|c| (2 * w[..c].iter().sum::<usize>()).abs_diff(total))
+                .min()
+                .unwrap_or(0);
+            let got = (2 * w[r[0].clone()].iter().sum::<usize>()).abs_diff(total);
+            assert!(n < 2 || got == best, "{w:?}: {r:?}");
+        }
     }
 }
