@@ -59,6 +59,8 @@ pub struct BenchRequest {
     pub tgt_len: usize,
     pub steps: usize,
     pub warmup: usize,
+    /// Slices of sentences the batch runs as (`train.shards`).
+    pub shards: usize,
     pub device: Device,
 }
 
@@ -142,11 +144,11 @@ pub fn forward_flops(cfg: &TransformerConfig, vocab: usize, b: usize, s: usize, 
 }
 
 pub fn bench_train(req: BenchRequest) -> Result<BenchReport> {
-    use crate::step::{SHARDS, ShardInput, batch_gradients, shard_ranges};
+    use crate::step::{ShardInput, batch_gradients, shard_ranges};
     let rss_before = memory_mb().1;
     let (store, model) = random_model(&req.model, req.vocab, &req.device)?;
     // The trainer's step: the batch in shards of sentences, one model replica each.
-    let shards = if req.device.is_cpu() { SHARDS } else { 1 };
+    let shards = if req.device.is_cpu() { req.shards } else { 1 };
     let mut replicas = vec![model];
     for _ in 1..shards {
         replicas.push(Transformer::new(

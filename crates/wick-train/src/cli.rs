@@ -383,6 +383,10 @@ pub struct BenchTrainArgs {
     /// Timed steps (after 3 untimed warm-up steps).
     #[arg(long, default_value_t = 10)]
     pub steps: usize,
+    /// Slices of sentences the batch runs as, side by side (as `train.shards`); 1 on devices
+    /// other than the CPU.
+    #[arg(long, default_value_t = crate::step::SHARDS)]
+    pub shards: usize,
     #[arg(long, default_value = "cpu")]
     pub device: String,
     #[arg(long)]
@@ -748,6 +752,9 @@ fn cmd_bench_train(a: BenchTrainArgs) -> Result<()> {
     if a.steps == 0 {
         bail!("--steps must be positive")
     }
+    if a.shards == 0 {
+        bail!("--shards must be positive")
+    }
     let device = parse_device(&a.device)?;
     let r = bench_train(BenchRequest {
         model,
@@ -757,6 +764,7 @@ fn cmd_bench_train(a: BenchTrainArgs) -> Result<()> {
         tgt_len,
         steps: a.steps,
         warmup: 3,
+        shards: a.shards,
         device,
     })?;
     if a.json {

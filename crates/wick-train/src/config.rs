@@ -139,6 +139,10 @@ pub struct TrainConfig {
     pub max_sentences: usize,
     /// Batches whose gradients are summed into one update.
     pub accumulate: usize,
+    /// Slices of sentences each batch runs as, side by side on the CPU, with gradients
+    /// summed (`wick_train::step`). Results depend on this number (each slice draws its own
+    /// dropout), not on the thread count; set it to the number of cores on a larger machine.
+    pub shards: usize,
     /// Peak learning rate.
     pub lr: f64,
     pub schedule: ScheduleKind,
@@ -186,6 +190,7 @@ impl Default for TrainConfig {
             batch_tokens: 4096,
             max_sentences: 1024,
             accumulate: 1,
+            shards: 2,
             lr: 1e-3,
             schedule: ScheduleKind::InverseSqrt,
             warmup_steps: 1000,
@@ -438,6 +443,9 @@ impl Config {
         }
         if t.accumulate == 0 {
             return Err(invalid("train.accumulate", "must be at least 1"));
+        }
+        if t.shards == 0 {
+            return Err(invalid("train.shards", "must be at least 1"));
         }
         if !(t.lr > 0.0 && t.lr.is_finite()) {
             return Err(invalid(

@@ -4,14 +4,14 @@
 //! core idles through every op that runs on a single thread (Candle's gradient sums and zeroed
 //! gradient buffers in backward, copies, small ops). Here the batch is cut into [`SHARDS`]
 //! slices of whole sentences; each runs forward, loss and backward on its own thread through
-//! its own replica of the model, its products left whole (`wick_model::ops::with_whole_products`;
-//! rayon still lets an idle thread take over the other shard's parallel kernels), and the
-//! gradients are summed. Measured on the small benchmark preset (2 cores): two
+//! its own replica of the model, its products left whole when there is a shard per thread
+//! (`wick_model::ops::with_whole_products`; rayon still lets an idle thread take over another
+//! shard's parallel kernels), and the gradients are summed. Measured on the small benchmark preset (2 cores): two
 //! one-thread processes on 32 sentences each took 429–436 ms per step side by side, the
 //! two-thread step on all 64 sentences 523–560 ms.
 //!
-//! Determinism: the shard count is fixed and the sums run in shard order, so a run gives the
-//! same numbers with any number of threads. Each shard draws its dropout masks from its own
+//! Determinism: the shard count is a setting (`train.shards`, default [`SHARDS`]) and the sums
+//! run in shard order, so a run gives the same numbers with any number of threads. Each shard draws its dropout masks from its own
 //! stream; the first shard's is the model's (the one checkpoints save), the others are reseeded
 //! from it at every batch.
 
@@ -24,7 +24,8 @@ use wick_model::{Seq2Seq, Transformer};
 
 use crate::loss::projected_label_smoothed_cross_entropy;
 
-/// Slices of sentences each training batch is cut into (fewer when it has fewer sentences).
+/// Slices of sentences each training batch is cut into by default (`train.shards`; fewer when a
+/// batch has fewer sentences): one per core of the 2-core machines this was measured on.
 pub const SHARDS: usize = 2;
 
 /// The tensors of one slice of a batch, as in `wick_data::Batch`.
@@ -140,7 +141,8 @@ pub fn batch_gradients(
         .zip(replicas)
         .map(|(shard, model)| {
             let run = || shard_gradients(model, shard, norm_tokens, label_smoothing);
-            if shards.len() > 1 {
+            // With fewer shards than threads the products still need splitting to use them all.
+            if shards.len() > 1 && shards.len() >= rayon::current_num_threads() {
                 wick_model::ops::with_whole_products(run)
             } else {
                 run()

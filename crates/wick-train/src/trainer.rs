@@ -29,7 +29,7 @@ use crate::run::{
     git_commit, memory_mb, sha256_file,
 };
 use crate::schedule::learning_rate;
-use crate::step::{SHARDS, ShardInput, add_grads, batch_gradients, shard_ranges};
+use crate::step::{ShardInput, add_grads, batch_gradients, shard_ranges};
 use crate::translate::translate;
 
 /// What a finished training reports.
@@ -249,7 +249,7 @@ impl Trainer {
         )?;
         let eval_model = frozen_model(&cfg, vocab, &store, device)?;
         // On other devices the shards would only take turns on the same device.
-        let shards = if device.is_cpu() { SHARDS } else { 1 };
+        let shards = if device.is_cpu() { cfg.train.shards } else { 1 };
         let mut replicas = vec![model.clone()];
         for _ in 1..shards {
             replicas.push(Transformer::new(

@@ -67,6 +67,10 @@ fn values_out_of_range_name_the_key() {
         .expect_err("accumulate")
         .to_string();
     assert!(e.contains("train.accumulate"), "{e}");
+    let e = load(EMBEDDED_DEFAULT, &["train.shards=0"])
+        .expect_err("shards")
+        .to_string();
+    assert!(e.contains("train.shards"), "{e}");
     let e = load(EMBEDDED_DEFAULT, &["model.d_model=\"big\""])
         .expect_err("type")
         .to_string();
