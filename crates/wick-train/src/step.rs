@@ -22,7 +22,7 @@ use candle_core::{Result, Tensor, Var};
 use rayon::prelude::*;
 use wick_model::{Seq2Seq, Transformer};
 
-use crate::loss::projected_label_smoothed_cross_entropy;
+use crate::loss::{LossSums, projected_label_smoothed_cross_entropy};
 
 /// Slices of sentences each training batch is cut into by default (`train.shards`; fewer when a
 /// batch has fewer sentences): one per core of the 2-core machines this was measured on.
@@ -160,6 +160,24 @@ pub fn batch_gradients(
     Ok((grads, loss))
 }
 
+/// Teacher-forced label-smoothed loss sums of `input` (`train`: with dropout).
+pub fn loss_sums(
+    model: &Transformer,
+    input: &ShardInput,
+    train: bool,
+    label_smoothing: f64,
+) -> Result<LossSums> {
+    let memory = model.encode(&input.src, &input.src_mask, train)?;
+    let hidden = model.hidden_t(&memory, &input.tgt_in, train)?;
+    projected_label_smoothed_cross_entropy(
+        &hidden,
+        model.output_weight(),
+        &input.tgt_out,
+        &input.tgt_mask,
+        label_smoothing,
+    )
+}
+
 /// One shard's forward, loss (divided by `norm_tokens`) and backward.
 fn shard_gradients(
     model: &Transformer,
@@ -167,15 +185,7 @@ fn shard_gradients(
     norm_tokens: usize,
     label_smoothing: f64,
 ) -> Result<(GradStore, f64)> {
-    let memory = model.encode(&shard.src, &shard.src_mask, true)?;
-    let hidden = model.hidden_t(&memory, &shard.tgt_in, true)?;
-    let sums = projected_label_smoothed_cross_entropy(
-        &hidden,
-        model.output_weight(),
-        &shard.tgt_out,
-        &shard.tgt_mask,
-        label_smoothing,
-    )?;
+    let sums = loss_sums(model, shard, true, label_smoothing)?;
     let loss = (sums.smoothed / norm_tokens as f64)?;
     let grads = loss.backward()?;
     Ok((grads, loss.to_scalar::<f32>()? as f64))

@@ -14,11 +14,10 @@ use serde::Serialize;
 use wick_data::batcher::{epoch_seed, token_batches};
 use wick_data::tokenizer::SPECIALS;
 use wick_data::{Batch, Example, Pair};
-use wick_model::{DropoutRng, ParamStore, Seq2Seq, Transformer};
+use wick_model::{DropoutRng, ParamStore, Transformer};
 
 use crate::checkpoint;
 use crate::config::{BestMetric, Config};
-use crate::loss::projected_label_smoothed_cross_entropy;
 use crate::metrics::{BleuOptions, ChrfOptions, corpus_bleu, corpus_chrf};
 use crate::optim::AdamW;
 use crate::prepare::{
@@ -29,7 +28,7 @@ use crate::run::{
     git_commit, memory_mb, sha256_file,
 };
 use crate::schedule::learning_rate;
-use crate::step::{ShardInput, add_grads, batch_gradients, shard_ranges};
+use crate::step::{ShardInput, add_grads, batch_gradients, loss_sums, shard_ranges};
 use crate::translate::translate;
 
 /// What a finished training reports.
@@ -91,13 +90,10 @@ pub fn evaluate_loss(
     for rows in batches {
         let refs: Vec<&Example> = rows.iter().map(|&i| &examples[i]).collect();
         let batch = Batch::new(&refs, SPECIALS, model.device())?;
-        let memory = model.encode(&batch.source.src, &batch.source.src_mask, false)?;
-        let hidden = model.hidden_t(&memory, &batch.tgt_in, false)?;
-        let sums = projected_label_smoothed_cross_entropy(
-            &hidden,
-            model.output_weight(),
-            &batch.tgt_out,
-            &batch.tgt_mask,
+        let sums = loss_sums(
+            model,
+            &ShardInput::from(&batch),
+            false,
             cfg.train.label_smoothing,
         )?;
         loss += sums.smoothed.to_scalar::<f32>()? as f64;
