@@ -144,20 +144,11 @@ pub fn forward_flops(cfg: &TransformerConfig, vocab: usize, b: usize, s: usize, 
 }
 
 pub fn bench_train(req: BenchRequest) -> Result<BenchReport> {
-    use crate::step::{ShardInput, batch_gradients, shard_ranges};
+    use crate::step::{ShardInput, batch_gradients, replicas, shard_ranges};
     let rss_before = memory_mb().1;
     let (store, model) = random_model(&req.model, req.vocab, &req.device)?;
     // The trainer's step: the batch in shards of sentences, one model replica each.
-    let shards = if req.device.is_cpu() { req.shards } else { 1 };
-    let mut replicas = vec![model];
-    for _ in 1..shards {
-        replicas.push(Transformer::new(
-            &req.model,
-            replicas[0].vocab(),
-            DropoutRng::new(0),
-            store.var_builder(DType::F32, &req.device),
-        )?);
-    }
+    let replicas = replicas(&model, &req.model, &store, &req.device, req.shards)?;
     let vars: Vec<_> = store.vars().into_iter().map(|(_, v)| v).collect();
     let mut opt = AdamW::new(store.vars(), 0.9, 0.98, 1e-9, 0.0)?;
     let mut ids = RandomIds::new(req.vocab);
@@ -167,7 +158,7 @@ pub fn bench_train(req: BenchRequest) -> Result<BenchReport> {
     let tgt_out = ids.tensor(b, t, &req.device)?;
     let src_mask = Tensor::ones((b, s), DType::F32, &req.device)?;
     let tgt_mask = Tensor::ones((b, t), DType::F32, &req.device)?;
-    let inputs = shard_ranges(&vec![t; b], shards)
+    let inputs = shard_ranges(&vec![t; b], replicas.len())
         .into_iter()
         .map(|r| {
             let rows = |x: &Tensor| x.narrow(0, r.start, r.len());

@@ -2,25 +2,26 @@
 //!
 //! With every op of the step split across the threads, the threads meet after each op, and one
 //! core idles through every op that runs on a single thread (Candle's gradient sums and zeroed
-//! gradient buffers in backward, copies, small ops). Here the batch is cut into [`SHARDS`]
-//! slices of whole sentences; each runs forward, loss and backward on its own thread through
-//! its own replica of the model, its products left whole when there is a shard per thread
+//! gradient buffers in backward, copies, small ops). Here the batch is cut into slices of whole
+//! sentences; each runs forward, loss and backward on its own thread through its own replica
+//! of the model, its products left whole when there is a shard per thread
 //! (`wick_model::ops::with_whole_products`; rayon still lets an idle thread take over another
-//! shard's parallel kernels), and the gradients are summed. Measured on the small benchmark preset (2 cores): two
-//! one-thread processes on 32 sentences each took 429–436 ms per step side by side, the
-//! two-thread step on all 64 sentences 523–560 ms.
+//! shard's parallel kernels), and the gradients are summed. Measured on the small benchmark
+//! preset (2 cores): two one-thread processes on 32 sentences each took 429–436 ms per step
+//! side by side, the two-thread step on all 64 sentences 523–560 ms.
 //!
 //! Determinism: the shard count is a setting (`train.shards`, default [`SHARDS`]) and the sums
-//! run in shard order, so a run gives the same numbers with any number of threads. Each shard draws its dropout masks from its own
-//! stream; the first shard's is the model's (the one checkpoints save), the others are reseeded
-//! from it at every batch.
+//! run in shard order, so a run gives the same numbers with any number of threads. Each shard
+//! draws its dropout masks from its own stream; the first shard's is the model's (the one
+//! checkpoints save), the others are reseeded from it at every batch.
 
 use std::ops::Range;
 
 use candle_core::backprop::GradStore;
+use candle_core::{DType, Device};
 use candle_core::{Result, Tensor, Var};
 use rayon::prelude::*;
-use wick_model::{Seq2Seq, Transformer};
+use wick_model::{DropoutRng, ParamStore, Seq2Seq, Transformer, TransformerConfig};
 
 use crate::loss::{LossSums, projected_label_smoothed_cross_entropy};
 
@@ -52,6 +53,29 @@ impl From<&wick_data::Batch> for ShardInput {
             tgt_mask: b.tgt_mask.clone(),
         }
     }
+}
+
+/// `model` followed by `shards − 1` replicas on the same parameters (built from `store`), each
+/// with a dropout stream of its own; one replica on devices other than the CPU, where the
+/// shards would only take turns on the same device.
+pub fn replicas(
+    model: &Transformer,
+    cfg: &TransformerConfig,
+    store: &ParamStore,
+    device: &Device,
+    shards: usize,
+) -> Result<Vec<Transformer>> {
+    let shards = if device.is_cpu() { shards.max(1) } else { 1 };
+    let mut out = vec![model.clone()];
+    for _ in 1..shards {
+        out.push(Transformer::new(
+            cfg,
+            model.vocab(),
+            DropoutRng::new(0),
+            store.var_builder(DType::F32, device),
+        )?);
+    }
+    Ok(out)
 }
 
 /// Cuts `weights.len()` consecutive items into at most `parts` non-empty ranges of about equal
@@ -199,7 +223,7 @@ mod tests {
     use wick_data::{Batch, Example};
     use wick_model::{DropoutRng, NormPosition, ParamStore, TransformerConfig, Tying, VocabSizes};
 
-    fn replicas(store: &ParamStore, dropout: f32, n: usize) -> Result<Vec<Transformer>> {
+    fn tiny_replicas(store: &ParamStore, dropout: f32, n: usize) -> Result<Vec<Transformer>> {
         let cfg = TransformerConfig {
             d_model: 16,
             n_heads: 2,
@@ -270,7 +294,7 @@ mod tests {
         // Without dropout the two shards' summed gradient is the whole batch's (each shard
         // padded to its own longest sentence), up to the order of float sums.
         let store = ParamStore::new(3);
-        let models = replicas(&store, 0.0, 2)?;
+        let models = tiny_replicas(&store, 0.0, 2)?;
         let vars: Vec<Var> = store.vars().into_iter().map(|(_, v)| v).collect();
         let ex = examples();
         let tokens: usize = ex.iter().map(Example::tgt_len).sum();
@@ -308,7 +332,7 @@ mod tests {
                 .map_err(candle_core::Error::wrap)?;
             pool.install(|| {
                 let store = ParamStore::new(3);
-                let models = replicas(&store, p, 2)?;
+                let models = tiny_replicas(&store, p, 2)?;
                 let vars: Vec<Var> = store.vars().into_iter().map(|(_, v)| v).collect();
                 let inputs = shard_inputs(&examples(), &[0..2, 2..5])?;
                 let saved = models[0].dropout_rng().state()?;

@@ -28,7 +28,7 @@ use crate::run::{
     git_commit, memory_mb, sha256_file,
 };
 use crate::schedule::learning_rate;
-use crate::step::{ShardInput, add_grads, batch_gradients, loss_sums, shard_ranges};
+use crate::step::{ShardInput, add_grads, batch_gradients, loss_sums, replicas, shard_ranges};
 use crate::translate::translate;
 
 /// What a finished training reports.
@@ -244,17 +244,7 @@ impl Trainer {
             store.var_builder(DType::F32, device),
         )?;
         let eval_model = frozen_model(&cfg, vocab, &store, device)?;
-        // On other devices the shards would only take turns on the same device.
-        let shards = if device.is_cpu() { cfg.train.shards } else { 1 };
-        let mut replicas = vec![model.clone()];
-        for _ in 1..shards {
-            replicas.push(Transformer::new(
-                &cfg.model,
-                vocab,
-                DropoutRng::new(0),
-                store.var_builder(DType::F32, device),
-            )?);
-        }
+        let replicas = replicas(&model, &cfg.model, &store, device, cfg.train.shards)?;
         let t = &cfg.train;
         let opt = AdamW::new(
             store.vars(),
@@ -545,6 +535,7 @@ fn run_loop(tr: &mut Trainer, train: &[Example]) -> Result<TrainSummary> {
     let batches_per_epoch =
         token_batches(&lengths, t.batch_tokens, t.max_sentences, Some(0))?.len();
     let steps_per_epoch = batches_per_epoch.div_ceil(t.accumulate);
+    let vars: Vec<Var> = tr.store.vars().into_iter().map(|(_, v)| v).collect();
     let planned = match (t.max_steps, t.max_epochs) {
         (0, e) => e * steps_per_epoch,
         (s, 0) => s,
@@ -619,7 +610,6 @@ fn run_loop(tr: &mut Trainer, train: &[Example]) -> Result<TrainSummary> {
                 })
                 .collect::<candle_core::Result<Vec<_>>>()?;
             let group_tokens: usize = batches.iter().flatten().map(|b| b.n_tgt_tokens).sum();
-            let vars: Vec<Var> = tr.store.vars().into_iter().map(|(_, v)| v).collect();
             let mut grads: Option<GradStore> = None;
             let mut group_loss = 0.0;
             for shards in &batches {
