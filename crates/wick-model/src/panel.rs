@@ -53,10 +53,14 @@ pub fn affine(
         relu,
         wide: true,
     };
+    apply(x, panels, bias, &op)
+}
+
+fn apply(x: &Tensor, panels: &Tensor, bias: Option<&Tensor>, op: &PanelAffine) -> Result<Tensor> {
     let x = x.contiguous()?;
     match bias {
-        Some(b) => x.apply_op3_no_bwd(panels, &b.contiguous()?, &op),
-        None => x.apply_op2_no_bwd(panels, &op),
+        Some(b) => x.apply_op3_no_bwd(panels, &b.contiguous()?, op),
+        None => x.apply_op2_no_bwd(panels, op),
     }
 }
 
@@ -230,6 +234,11 @@ const KC: usize = 128;
 
 /// One panel times a block of rows: `block` `(rows, PANEL)` = x `(rows, k)` · panel
 /// `(k, PANEL)` + bias, rectified with `relu`.
+///
+/// The rows are cut into as few tiles of at most [`TILE_ROWS`] as cover them, of balanced
+/// sizes, each run by the kernel compiled for its exact row count: 32 rows (a thread's half
+/// of 64 greedy sentences) are tiles of 6, 6, 5, 5, 5, 5, where tiles of 6 with a last one of
+/// 2 padded to 6 did 36 rows' multiply-adds.
 #[multiversion(targets("x86_64+avx512f+avx2+fma", "x86_64+avx2+fma"))]
 fn panel_block(
     x: &[f32],
@@ -242,6 +251,9 @@ fn panel_block(
     const AVX512: bool = selected_target!().supports_feature_str("avx512f");
     const FMA: bool = selected_target!().supports_feature_str("fma");
     let k = panel.len() / PANEL;
+    let rows = block.len() / PANEL;
+    let n_tiles = rows.div_ceil(TILE_ROWS);
+    let wide = AVX512 && wide;
     let mut k0 = 0;
     while k0 < k {
         let k1 = (k0 + KC).min(k);
@@ -250,25 +262,29 @@ fn panel_block(
             first: k0 == 0,
             last: k1 == k,
             relu,
+            depth: (k, k0, k1),
+            wide,
         };
-        for (xt, yt) in x
-            .chunks(TILE_ROWS * k)
-            .zip(block.chunks_mut(TILE_ROWS * PANEL))
-        {
-            let n_rows = xt.len() / k;
-            // Rows past the block's end repeat its first row; their sums are not stored.
-            let xs: [&[f32]; TILE_ROWS] = std::array::from_fn(|r| {
-                let r = if r < n_rows { r } else { 0 };
-                &xt[r * k + k0..r * k + k1]
-            });
-            if AVX512 && wide {
-                tile::<PANEL, FMA>(&xs, &pass, 0, bias, yt, n_rows);
-            } else {
-                // 16 columns at a time: 6 × 2 AVX2 registers of sums.
-                for off in (0..PANEL).step_by(16) {
-                    tile::<16, FMA>(&xs, &pass, off, bias, yt, n_rows);
+        let mut r0 = 0;
+        for t in 0..n_tiles {
+            // At most TILE_ROWS: the rows left never exceed TILE_ROWS per tile left.
+            let n = (rows - r0).div_ceil(n_tiles - t);
+            let (xt, yt) = (
+                &x[r0 * k..(r0 + n) * k],
+                &mut block[r0 * PANEL..(r0 + n) * PANEL],
+            );
+            match n {
+                1 => rows_tile::<1, FMA>(xt, &pass, bias, yt),
+                2 => rows_tile::<2, FMA>(xt, &pass, bias, yt),
+                3 => rows_tile::<3, FMA>(xt, &pass, bias, yt),
+                4 => rows_tile::<4, FMA>(xt, &pass, bias, yt),
+                5 => rows_tile::<5, FMA>(xt, &pass, bias, yt),
+                _ => {
+                    debug_assert_eq!(n, TILE_ROWS);
+                    rows_tile::<TILE_ROWS, FMA>(xt, &pass, bias, yt)
                 }
             }
+            r0 += n;
         }
         k0 = k1;
     }
@@ -281,28 +297,52 @@ struct Pass<'a> {
     first: bool,
     last: bool,
     relu: bool,
+    /// The input's depth k and the slice `k0 .. k1` of it.
+    depth: (usize, usize, usize),
+    /// One 64-column tile (AVX-512) rather than four of 16 (AVX2).
+    wide: bool,
 }
 
-/// Columns `off .. off + W` of a tile of up to [`TILE_ROWS`] rows over one depth slice, the
-/// sums held in registers and carried between slices in `out`. Inlined into
-/// [`panel_block`]'s versions so that it is compiled for each one's instruction set.
+/// A tile of exactly `R` rows (x `(R, k)`, out `(R, PANEL)`) over one depth slice.
 #[inline(always)]
-fn tile<const W: usize, const FMA: bool>(
-    xs: &[&[f32]; TILE_ROWS],
+fn rows_tile<const R: usize, const FMA: bool>(
+    x: &[f32],
+    pass: &Pass,
+    bias: &[f32; PANEL],
+    out: &mut [f32],
+) {
+    let (k, k0, k1) = pass.depth;
+    let xs: [&[f32]; R] = std::array::from_fn(|r| &x[r * k + k0..r * k + k1]);
+    if pass.wide {
+        tile::<R, PANEL, FMA>(&xs, pass, 0, bias, out);
+    } else {
+        // 16 columns at a time: up to 6 × 2 AVX2 registers of sums.
+        for off in (0..PANEL).step_by(16) {
+            tile::<R, 16, FMA>(&xs, pass, off, bias, out);
+        }
+    }
+}
+
+/// Columns `off .. off + W` of a tile of `R` rows over one depth slice, the sums held in
+/// registers and carried between slices in `out`. Inlined into [`panel_block`]'s versions so
+/// that it is compiled for each one's instruction set.
+#[inline(always)]
+fn tile<const R: usize, const W: usize, const FMA: bool>(
+    xs: &[&[f32]; R],
     pass: &Pass,
     off: usize,
     bias: &[f32; PANEL],
     out: &mut [f32],
-    n_rows: usize,
 ) {
     let k = xs[0].len();
-    let xs: [&[f32]; TILE_ROWS] = std::array::from_fn(|r| &xs[r][..k]);
+    let xs: [&[f32]; R] = std::array::from_fn(|r| &xs[r][..k]);
     let panel = &pass.panel[..k * PANEL];
-    let mut acc = [[0f32; W]; TILE_ROWS];
+    let out = &mut out[..R * PANEL];
+    let mut acc = [[0f32; W]; R];
     for (r, a) in acc.iter_mut().enumerate() {
         if pass.first {
             a.copy_from_slice(&bias[off..off + W]);
-        } else if r < n_rows {
+        } else {
             a.copy_from_slice(&out[r * PANEL + off..r * PANEL + off + W]);
         }
     }
@@ -316,7 +356,7 @@ fn tile<const W: usize, const FMA: bool>(
         }
     }
     let relu = pass.relu && pass.last;
-    for (r, a) in acc.iter().enumerate().take(n_rows) {
+    for (r, a) in acc.iter().enumerate() {
         let o = &mut out[r * PANEL + off..r * PANEL + off + W];
         for (o, &v) in o.iter_mut().zip(a) {
             *o = if relu { v.max(0.0) } else { v };
@@ -331,16 +371,20 @@ mod tests {
 
     /// The panel product against x·Wᵀ + b composed from Candle ops, over shapes whose rows,
     /// depths and outputs are not multiples of the tile (6), the depth slice (128) or the
-    /// panel (64), with and without bias and ReLU; the larger ones run on several threads.
+    /// panel (64), so that every tile height 1–6 runs, with and without bias and ReLU, in
+    /// 64-column (AVX-512, where the CPU has it) and 16-column tiles; the larger ones run on
+    /// several threads.
     #[test]
     fn panel_product_matches_matmul() -> Result<()> {
         let dev = Device::Cpu;
         for &(rows, k, out) in &[
             (1, 1, 1),
+            (2, 9, 65),
             (5, 7, 3),
             (6, 64, 64),
             (13, 33, 130),
             (7, 300, 70),
+            (32, 200, 130),
             (64, 128, 512),
             (320, 96, 1000),
         ] {
@@ -349,7 +393,7 @@ mod tests {
             let b = Tensor::randn(0f32, 1.0, out, &dev)?;
             let panels = pack(&w)?;
             assert_eq!(panels.dims(), &[out.div_ceil(PANEL), k, PANEL]);
-            for relu in [false, true] {
+            for (relu, wide) in [(false, true), (true, true), (false, false), (true, false)] {
                 for bias in [None, Some(&b)] {
                     let mut want = x.matmul(&w.t()?)?;
                     if let Some(b) = bias {
@@ -358,7 +402,8 @@ mod tests {
                     if relu {
                         want = want.relu()?;
                     }
-                    let got = affine(&x, &panels, bias, out, relu)?;
+                    let op = PanelAffine { out, relu, wide };
+                    let got = apply(&x, &panels, bias, &op)?;
                     let err = (got - &want)?
                         .abs()?
                         .flatten_all()?
@@ -367,7 +412,7 @@ mod tests {
                     let scale = want.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
                     assert!(
                         err <= 1e-5 * scale.max(1.0),
-                        "rows {rows} k {k} out {out} relu {relu} bias {}: error {err}",
+                        "rows {rows} k {k} out {out} relu {relu} wide {wide} bias {}: error {err}",
                         bias.is_some()
                     );
                 }
