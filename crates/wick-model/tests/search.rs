@@ -61,6 +61,31 @@ fn beam_of_one_is_greedy() -> Result<()> {
     Ok(())
 }
 
+/// A copy laid out for decoding once (what `wick translate` decodes with) gives the outputs
+/// and scores of the model that lays itself out at every call.
+#[test]
+fn model_laid_out_once_decodes_as_the_original() -> Result<()> {
+    let m = model(23)?;
+    let once = m.for_decoding()?;
+    let (src, mask) = padded(&sources(), PAD)?;
+    let memory = m.encode(&src, &mask, false)?;
+    let max_len = vec![12; 37];
+    assert_eq!(
+        greedy(&once, &memory, IDS, &max_len)?,
+        greedy(&m, &memory, IDS, &max_len)?
+    );
+    let cfg = BeamConfig {
+        beam: 3,
+        length_penalty: 0.6,
+        n_best: 2,
+    };
+    assert_eq!(
+        beam_search(&once, &memory, IDS, &max_len, cfg)?,
+        beam_search(&m, &memory, IDS, &max_len, cfg)?
+    );
+    Ok(())
+}
+
 #[test]
 fn cached_and_uncached_decoding_give_identical_outputs() -> Result<()> {
     let m = model(24)?;

@@ -12,18 +12,20 @@ use crate::config::DecodeConfig;
 use crate::run::Tokenizers;
 
 /// Encodes `sources`, decodes them in length-sorted token-budget batches with `search`
-/// (given the encoded batch and each row's output length limit) and returns the results in
-/// input order.
+/// (given the model, with its decoder laid out for decoding once for all the batches
+/// ([`Transformer::for_decoding`]), the encoded batch and each row's output length limit)
+/// and returns the results in input order.
 pub(crate) fn decode_batches<T: Clone + Default>(
     model: &Transformer,
     tok: &Tokenizers,
     decode: &DecodeConfig,
     sources: &[String],
-    mut search: impl FnMut(&Memory, &[usize]) -> Result<Vec<T>>,
+    mut search: impl FnMut(&Transformer, &Memory, &[usize]) -> Result<Vec<T>>,
 ) -> Result<Vec<T>> {
     if sources.is_empty() {
         return Ok(Vec::new());
     }
+    let model = &model.for_decoding()?;
     let max_positions = model.config().max_positions;
     // Inputs far longer than the position table are cut before tokenization, so a huge
     // line costs no more than a long sentence; they are cut to the table below anyway.
@@ -55,7 +57,7 @@ pub(crate) fn decode_batches<T: Clone + Default>(
             .iter()
             .map(|s| output_limit(decode, s.len(), max_positions))
             .collect();
-        for (i, result) in rows.into_iter().zip(search(&memory, &max_len)?) {
+        for (i, result) in rows.into_iter().zip(search(model, &memory, &max_len)?) {
             out[i] = result;
         }
     }
@@ -81,7 +83,7 @@ pub fn translate_ids(
     decode: &DecodeConfig,
     sources: &[String],
 ) -> Result<Vec<Vec<u32>>> {
-    decode_batches(model, tok, decode, sources, |memory, max_len| {
+    decode_batches(model, tok, decode, sources, |model, memory, max_len| {
         if decode.beam <= 1 {
             return Ok(greedy(model, memory, SPECIAL_IDS, max_len)?);
         }
@@ -118,7 +120,7 @@ pub fn translate_nbest(
         length_penalty: decode.length_penalty,
         n_best: decode.n_best,
     };
-    let hyps = decode_batches(model, tok, decode, sources, |memory, max_len| {
+    let hyps = decode_batches(model, tok, decode, sources, |model, memory, max_len| {
         Ok(beam_search(model, memory, SPECIAL_IDS, max_len, cfg)?)
     })?;
     hyps.into_iter()
