@@ -210,11 +210,13 @@ impl CrossAttention {
         })
     }
 
-    /// A copy with its per-step projections laid out for decoding (`Linear::for_decoding`);
-    /// the memory's keys and values are projected once per call and keep the trained layout.
+    /// A copy with its projections laid out for decoding (`Linear::for_decoding`), the
+    /// memory's keys and values included (projected once per batch, for every sentence's
+    /// source positions).
     pub fn for_decoding(&self) -> Result<Self> {
         Ok(Self {
             q_proj: self.q_proj.for_decoding()?,
+            kv_proj: self.kv_proj.for_decoding()?,
             out_proj: self.out_proj.for_decoding()?,
             ..self.clone()
         })

@@ -141,8 +141,8 @@ impl DecoderLayer {
         Ok((xs, probs))
     }
 
-    /// A copy whose per-step projections are laid out for decoding
-    /// (`Linear::for_decoding`): built once per decoding call, used by every step.
+    /// A copy whose projections are laid out for decoding (`Linear::for_decoding`): built
+    /// once per model (`Transformer::for_decoding`) or per decoding call, used by every step.
     pub fn for_decoding(&self) -> Result<Self> {
         Ok(Self {
             self_attn: self.self_attn.for_decoding()?,
@@ -222,7 +222,7 @@ impl Decoder {
         &self.layers
     }
 
-    /// A copy for one decoding call (`DecoderLayer::for_decoding`).
+    /// A copy laid out for decoding (`DecoderLayer::for_decoding`).
     pub fn for_decoding(&self) -> Result<Self> {
         Ok(Self {
             layers: self

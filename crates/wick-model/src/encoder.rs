@@ -37,6 +37,15 @@ pub struct EncoderLayer {
 }
 
 impl EncoderLayer {
+    /// A copy with its projections laid out for decoding (`Linear::for_decoding`).
+    pub fn for_decoding(&self) -> Result<Self> {
+        Ok(Self {
+            self_attn: self.self_attn.for_decoding()?,
+            ffn: self.ffn.for_decoding()?,
+            ..self.clone()
+        })
+    }
+
     pub fn new(cfg: &TransformerConfig, rng: &DropoutRng, vb: VarBuilder) -> Result<Self> {
         let d = cfg.d_model;
         Ok(Self {
@@ -87,6 +96,16 @@ pub struct Encoder {
 }
 
 impl Encoder {
+    /// A copy with every layer's projections laid out for decoding.
+    pub fn for_decoding(&self) -> Result<Self> {
+        Ok(Self {
+            layers: (self.layers.iter())
+                .map(EncoderLayer::for_decoding)
+                .collect::<Result<_>>()?,
+            ..self.clone()
+        })
+    }
+
     pub fn new(cfg: &TransformerConfig, rng: &DropoutRng, vb: VarBuilder) -> Result<Self> {
         let layers = (0..cfg.encoder_layers)
             .map(|i| EncoderLayer::new(cfg, rng, vb.pp("layers").pp(i)))

@@ -247,12 +247,13 @@ impl Linear {
         self.panels.as_ref()
     }
 
-    /// A copy of the layer for one decoding call, with the weight laid out for the few rows
-    /// of a decoding step. `gemm` packs an operand that is not in its kernel's layout on every
-    /// call, and with so few rows that packing of W took a fifth of a step (perf, small
-    /// preset, greedy, one thread). On the CPU in f32 the copy holds W packed once into
-    /// panels ([`crate::panel`]); elsewhere, W stored transposed, which `gemm` reads without
-    /// packing. Later updates to the trained weight are not seen by the copy.
+    /// A copy of the layer for inference (decoding steps, and the encoder before them), with
+    /// the weight laid out in advance. `gemm` packs an operand that is not in its kernel's
+    /// layout on every call, and with the few rows of a decoding step that packing of W took
+    /// a fifth of a step (perf, small preset, greedy, one thread). On the CPU in f32 the copy
+    /// holds W packed once into panels ([`crate::panel`]); elsewhere, W stored transposed,
+    /// which `gemm` reads without packing. Later updates to the trained weight are not seen by
+    /// the copy.
     pub fn for_decoding(&self) -> Result<Self> {
         if self.weight.device().is_cpu() && self.weight.dtype() == DType::F32 {
             return Ok(Self {

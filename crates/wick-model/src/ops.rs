@@ -710,6 +710,11 @@ pub fn with_whole_products<R>(f: impl FnOnce() -> R) -> R {
     f()
 }
 
+/// Whether this thread's products run whole ([`with_whole_products`]).
+pub(crate) fn products_whole() -> bool {
+    WHOLE_PRODUCTS.get()
+}
+
 /// Rows of the output per task below which [`gemm_into`] does not split rows.
 const GEMM_MIN_ROWS_PER_TASK: usize = 64;
 

@@ -1,12 +1,14 @@
-//! Decoding's matrix products, on weights packed once per decoding call into panels.
+//! Inference's matrix products, on weights packed in advance into panels.
 //!
 //! A decoding step multiplies a few rows (64 sentences greedy, 320 with beam 5) by every
 //! decoder weight and by the vocabulary projection. `gemm` copies ("packs") the weight into
 //! its kernel's tile layout inside every call: 17% of a one-thread greedy profile of the base
 //! preset (perf, session 8), because the weights are far larger than the rows. Here each
-//! weight is packed once, when decoding starts, into the layout a register-tiled kernel
-//! streams through: for each block of [`PANEL`] output features, a contiguous `(in, PANEL)`
-//! panel. Written by hand because `gemm` has no entry point for an operand packed in advance.
+//! weight is packed once (`Transformer::for_decoding`) into the layout a register-tiled
+//! kernel streams through: for each block of [`PANEL`] output features, a contiguous
+//! `(in, PANEL)` panel. The encoder runs on it as well: on its 768–1,536 rows it beat `gemm`
+//! with its packing too (base preset, 64 sentences: 0.37–0.39 s against 0.42–0.43 s).
+//! Written by hand because `gemm` has no entry point for an operand packed in advance.
 //!
 //! Forward only (decoding keeps no autograd graph); the tests hold it to
 //! `Linear::forward_reference`.

@@ -35,7 +35,7 @@ where
 }
 
 /// Sentences per thread below which a batch is decoded as one group.
-const MIN_SENTENCES_PER_GROUP: usize = 4;
+pub(crate) const MIN_SENTENCES_PER_GROUP: usize = 4;
 
 /// Decodes consecutive groups of sentences on separate threads (CPU), one group per thread:
 /// `decode(memory, max_len, cache)` gets a group's memory rows, length limits and decoding
