@@ -35,7 +35,25 @@ where
 }
 
 /// Sentences per thread below which a batch is decoded as one group.
-pub(crate) const MIN_SENTENCES_PER_GROUP: usize = 4;
+const MIN_SENTENCES_PER_GROUP: usize = 4;
+
+/// How a batch of `b` sentences is cut for inference in groups, one per thread: consecutive
+/// `(start, len)` ranges, a single one off the CPU, for small batches, and where this thread's
+/// products already run whole (a training shard, `wick_train::step`).
+pub(crate) fn sentence_groups(device: &candle_core::Device, b: usize) -> Vec<(usize, usize)> {
+    let groups = if device.is_cpu() && !crate::ops::products_whole() {
+        candle_core::utils::get_num_threads().min(b / MIN_SENTENCES_PER_GROUP)
+    } else {
+        1
+    };
+    if groups <= 1 {
+        return vec![(0, b)];
+    }
+    let per_group = b.div_ceil(groups);
+    (0..b.div_ceil(per_group))
+        .map(|g| (g * per_group, per_group.min(b - g * per_group)))
+        .collect()
+}
 
 /// Decodes consecutive groups of sentences on separate threads (CPU), one group per thread:
 /// `decode(memory, max_len, cache)` gets a group's memory rows, length limits and decoding
@@ -66,22 +84,14 @@ where
     if b == 0 {
         return Ok(Vec::new());
     }
-    let device = memory.states.device();
-    let threads = if device.is_cpu() {
-        candle_core::utils::get_num_threads()
-    } else {
-        1
-    };
-    let groups = threads.min(b / MIN_SENTENCES_PER_GROUP);
+    let groups = sentence_groups(memory.states.device(), b);
     let cache = model.start_decoding(memory)?;
-    if groups <= 1 {
+    if groups.len() <= 1 {
         return decode(memory, max_len, cache);
     }
-    let per_group = b.div_ceil(groups);
-    let parts: Vec<Result<Vec<T>>> = (0..b.div_ceil(per_group))
+    let parts: Vec<Result<Vec<T>>> = groups
         .into_par_iter()
-        .map(|g| {
-            let (start, len) = (g * per_group, per_group.min(b - g * per_group));
+        .map(|(start, len)| {
             decode(
                 &memory.narrow(start, len)?,
                 &max_len[start..start + len],

@@ -120,7 +120,7 @@ impl Transformer {
 
     /// A copy for decoding many batches, with the weights of every linear layer and of the
     /// output projection laid out for few-row products (`Linear::for_decoding`) here, once.
-    /// The decoder's were laid out at the start of every batch (the base preset's 28 M
+    /// The decoder's were laid out at the start of every batch (the base preset's 33 M
     /// weights: 10–30 ms of each call of 64 sentences, 87–96 ms the first time, with fresh
     /// pages); the encoder's, in this layout rather than `gemm`'s own packing at every
     /// product, encode 64 sentences of the base preset in 0.37–0.39 s instead of 0.42–0.43 s
@@ -203,34 +203,25 @@ impl Transformer {
     }
 }
 
-/// `f(start, len)` over consecutive groups of a batch's `b` sentences, one group per thread,
-/// each running its products whole, with every output concatenated along the batch (dim 0).
-/// One group off the CPU, for small batches, and where this thread's products already run
-/// whole (a training shard, `wick_train::step`).
+/// `f(start, len)` over the batch's groups of sentences (`search::sentence_groups`), one
+/// per thread, each running its products whole, with every output concatenated along the
+/// batch (dim 0).
 ///
 /// Why: inference over a batch as one chain of ops split op by op across threads makes the
 /// threads meet after every op. Encoding 64 sentences of the base preset took 0.43 s on two
 /// threads that way, and 0.41 s for 32 of them on one thread alone.
-fn by_sentence_groups(
+fn in_sentence_groups(
     device: &Device,
     b: usize,
     f: impl Fn(usize, usize) -> Result<Vec<Tensor>> + Sync,
 ) -> Result<Vec<Tensor>> {
-    let groups = if device.is_cpu() && !crate::ops::products_whole() {
-        candle_core::utils::get_num_threads().min(b / crate::search::MIN_SENTENCES_PER_GROUP)
-    } else {
-        1
-    };
-    if groups <= 1 {
+    let groups = crate::search::sentence_groups(device, b);
+    if groups.len() <= 1 {
         return f(0, b);
     }
-    let per_group = b.div_ceil(groups);
-    let parts: Vec<Vec<Tensor>> = (0..b.div_ceil(per_group))
+    let parts: Vec<Vec<Tensor>> = groups
         .into_par_iter()
-        .map(|g| {
-            let (start, len) = (g * per_group, per_group.min(b - g * per_group));
-            crate::ops::with_whole_products(|| f(start, len))
-        })
+        .map(|(start, len)| crate::ops::with_whole_products(|| f(start, len)))
         .collect::<Result<_>>()?;
     (0..parts[0].len())
         .map(|i| Tensor::cat(&parts.iter().map(|p| &p[i]).collect::<Vec<_>>(), 0))
@@ -259,7 +250,7 @@ impl Seq2Seq for Transformer {
         let states = if train {
             encode(0, src.dim(0)?)?
         } else {
-            by_sentence_groups(src.device(), src.dim(0)?, encode)?
+            in_sentence_groups(src.device(), src.dim(0)?, encode)?
         }
         .swap_remove(0);
         Ok(Memory {
@@ -285,7 +276,7 @@ impl Seq2Seq for Transformer {
             None => DecodingWeights::new(&self.decoder, &self.output_weight)?,
         };
         let states = &memory.states;
-        let memory_kv = by_sentence_groups(states.device(), states.dim(0)?, |start, len| {
+        let memory_kv = in_sentence_groups(states.device(), states.dim(0)?, |start, len| {
             let states = states.narrow(0, start, len)?;
             let layers = decoder.layers().iter();
             layers.map(|l| Ok(l.memory_kv(&states)?.kv)).collect()
