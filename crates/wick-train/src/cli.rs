@@ -333,7 +333,9 @@ pub struct BenchDecodeArgs {
     #[arg(long, default_value = "best", value_name = "best|last|FILE")]
     pub checkpoint: Which,
     /// Instead of a run: a randomly initialised benchmark model, decoding --batch-size random
-    /// sources of --src-len tokens for exactly --steps tokens each (no early stop).
+    /// sources of --src-len tokens for exactly --steps tokens each (no early stop). Its weights
+    /// are laid out for decoding once, before the timed repeats, as `wick translate` does
+    /// (timed apart: layout_seconds in the JSON).
     #[arg(long, value_enum)]
     pub preset: Option<Preset>,
     /// Sentences per batch with --preset.
@@ -916,6 +918,11 @@ fn cmd_bench_decode(a: BenchDecodeArgs) -> Result<()> {
             t.sentences_per_s,
             t.tokens_per_s,
             t.seconds / base
+        );
+    }
+    if let Some(layout) = timings[0].layout_seconds {
+        println!(
+            "(the weights' layout for decoding, once per model before the runs above: {layout:.2} s)"
         );
     }
     Ok(())
