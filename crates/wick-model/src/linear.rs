@@ -253,8 +253,11 @@ impl Linear {
     /// a fifth of a step (perf, small preset, greedy, one thread). On the CPU in f32 the copy
     /// holds W packed once into panels ([`crate::panel`]); elsewhere, W stored transposed,
     /// which `gemm` reads without packing. Later updates to the trained weight are not seen by
-    /// the copy.
+    /// the copy. A layer already packed is returned as it is (a clone).
     pub fn for_decoding(&self) -> Result<Self> {
+        if self.panels.is_some() {
+            return Ok(self.clone());
+        }
         if self.weight.device().is_cpu() && self.weight.dtype() == DType::F32 {
             return Ok(Self {
                 weight: self.weight.clone(),

@@ -26,27 +26,10 @@ pub struct Transformer {
     encoder: Encoder,
     decoder: Decoder,
     dropout_rng: DropoutRng,
-    /// The decoder and output projection laid out for decoding once
-    /// ([`Transformer::for_decoding`], which lays out the encoder too); `None`: laid out anew
-    /// by every `start_decoding`.
-    decoding: Option<DecodingWeights>,
-}
-
-/// The decoder and the output projection with their weights laid out for decoding
-/// (`Linear::for_decoding`).
-#[derive(Clone, Debug)]
-struct DecodingWeights {
-    decoder: Decoder,
-    output: Linear,
-}
-
-impl DecodingWeights {
-    fn new(decoder: &Decoder, output_weight: &Tensor) -> Result<Self> {
-        Ok(Self {
-            decoder: decoder.for_decoding()?,
-            output: Linear::from_parts(output_weight.clone(), None).for_decoding()?,
-        })
-    }
+    /// The output projection laid out for decoding, in a copy made by
+    /// [`Transformer::for_decoding`] (whose encoder and decoder are laid out too); `None`:
+    /// laid out anew by every `start_decoding`.
+    output_for_decoding: Option<Linear>,
 }
 
 /// Decoding state of a [`Transformer`]. Not `Clone`: the layers' caches are written in place.
@@ -114,7 +97,7 @@ impl Transformer {
             encoder: Encoder::new(cfg, &dropout_rng, vb.pp("encoder"))?,
             decoder: Decoder::new(cfg, &dropout_rng, vb.pp("decoder"))?,
             dropout_rng,
-            decoding: None,
+            output_for_decoding: None,
         })
     }
 
@@ -126,12 +109,21 @@ impl Transformer {
     /// product, encode 64 sentences of the base preset in 0.37–0.39 s instead of 0.42–0.43 s
     /// (two threads). Shares the embeddings and layer norms; later updates to the other
     /// weights do not reach the copy, so make it after training, or anew for each validation.
+    /// Inference only: the copy's linear layers have no backward.
     pub fn for_decoding(&self) -> Result<Self> {
         Ok(Self {
-            decoding: Some(DecodingWeights::new(&self.decoder, &self.output_weight)?),
             encoder: self.encoder.for_decoding()?,
+            decoder: self.decoder.for_decoding()?,
+            output_for_decoding: Some(self.output_projection_for_decoding()?),
             ..self.clone()
         })
+    }
+
+    fn output_projection_for_decoding(&self) -> Result<Linear> {
+        match &self.output_for_decoding {
+            Some(l) => Ok(l.clone()),
+            None => Linear::from_parts(self.output_weight.clone(), None).for_decoding(),
+        }
     }
 
     pub fn config(&self) -> &TransformerConfig {
@@ -271,10 +263,11 @@ impl Seq2Seq for Transformer {
     }
 
     fn start_decoding(&self, memory: &Memory) -> Result<Self::Cache> {
-        let DecodingWeights { decoder, output } = match &self.decoding {
-            Some(w) => w.clone(),
-            None => DecodingWeights::new(&self.decoder, &self.output_weight)?,
-        };
+        // Clones of the layout when this model is a `for_decoding` copy.
+        let (decoder, output) = (
+            self.decoder.for_decoding()?,
+            self.output_projection_for_decoding()?,
+        );
         let states = &memory.states;
         let memory_kv = in_sentence_groups(states.device(), states.dim(0)?, |start, len| {
             let states = states.narrow(0, start, len)?;

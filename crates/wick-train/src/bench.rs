@@ -234,8 +234,9 @@ pub struct DecodeTiming {
     pub sentences_per_s: f64,
     pub tokens_per_s: f64,
     /// With `--preset`: the time taken, once per model and before the timed repeats, to lay
-    /// the decoder's weights out for decoding ([`Transformer::for_decoding`]), not part of
-    /// `seconds`. With `--run` it is paid once per repeat, inside `seconds`.
+    /// the model's weights out for decoding ([`Transformer::for_decoding`]), not part of
+    /// `seconds`. With `--run` it is paid once per repeat, inside `seconds`, as in
+    /// `wick translate`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub layout_seconds: Option<f64>,
 }

@@ -12,7 +12,7 @@ use crate::config::DecodeConfig;
 use crate::run::Tokenizers;
 
 /// Encodes `sources`, decodes them in length-sorted token-budget batches with `search`
-/// (given the model, with its decoder laid out for decoding once for all the batches
+/// (given the model, laid out for decoding once for all the batches
 /// ([`Transformer::for_decoding`]), the encoded batch and each row's output length limit)
 /// and returns the results in input order.
 pub(crate) fn decode_batches<T: Clone + Default>(
