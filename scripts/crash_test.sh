@@ -12,4 +12,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export WICK_CRASH_KILLS="${WICK_CRASH_KILLS:-12}"
 export WICK_CRASH_SEED="${WICK_CRASH_SEED:-1}"
-exec cargo test --release -p wick-train --test crash -- --ignored --nocapture many_kills
+exec cargo test --release -p wick-cli --test crash -- --ignored --nocapture many_kills

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """PyTorch reference for wick's Transformer: writes golden fixtures for
-crates/wick-train/tests/golden.rs.
+crates/wick-model/tests/golden.rs.
 
 An independent PyTorch implementation of the same architecture (fused QKV / KV projections,
 √d-scaled embeddings, interleaved sinusoidal positions, post- or pre-norm, tied or untied
@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-OUT = pathlib.Path(__file__).resolve().parents[2] / "crates/wick-train/tests/fixtures"
+OUT = pathlib.Path(__file__).resolve().parents[2] / "crates/wick-model/tests/fixtures"
 PAD, BOS, EOS = 0, 1, 2
 MASKED = -1e9
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Generates crates/wick-train/tests/fixtures/sacrebleu.json: corpora of hypotheses and
+"""Generates crates/wick-metrics/tests/fixtures/sacrebleu.json: corpora of hypotheses and
 references scored by sacreBLEU itself, for tests/sacrebleu.rs.
 
     python -m venv .venv && .venv/bin/pip install sacrebleu==2.6.0
@@ -16,7 +16,7 @@ import random
 import sacrebleu
 from sacrebleu.metrics import BLEU, CHRF
 
-OUT = pathlib.Path(__file__).resolve().parents[2] / "crates/wick-train/tests/fixtures/sacrebleu.json"
+OUT = pathlib.Path(__file__).resolve().parents[2] / "crates/wick-metrics/tests/fixtures/sacrebleu.json"
 
 SENTENCES = [
     "The cat sat on the mat.",

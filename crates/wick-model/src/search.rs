@@ -1,9 +1,10 @@
 //! Search: turning a model's next-token distributions into output sequences.
 
-use candle_core::{D, Result, Tensor};
+use candle_core::{Result, Tensor};
 use rayon::prelude::*;
 
-use crate::seq2seq::{Memory, Seq2Seq};
+use crate::model::{Memory, Seq2Seq};
+use crate::ops;
 
 /// Special token ids search needs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -37,12 +38,14 @@ where
 /// Sentences per thread below which a batch is decoded as one group.
 const MIN_SENTENCES_PER_GROUP: usize = 4;
 
-/// How a batch of `b` sentences is cut for inference in groups, one per thread: consecutive
-/// `(start, len)` ranges, a single one off the CPU, for small batches, and where this thread's
-/// products already run whole (a training shard, `wick_train::step`).
+/// How a batch of `b` sentences is cut for inference in groups, one per thread of the current
+/// rayon pool: consecutive `(start, len)` ranges; a single one off the kernel path (a GPU
+/// runs the batch as one), for small batches, and where this thread's products already run
+/// whole (a training shard, `wick_train::step`).
 pub(crate) fn sentence_groups(device: &candle_core::Device, b: usize) -> Vec<(usize, usize)> {
-    let groups = if device.is_cpu() && !crate::ops::products_whole() {
-        candle_core::utils::get_num_threads().min(b / MIN_SENTENCES_PER_GROUP)
+    let whole = wick_kernels::scope::products_whole();
+    let groups = if ops::kernels_on(device) && !whole {
+        rayon::current_num_threads().min(b / MIN_SENTENCES_PER_GROUP)
     } else {
         1
     };
@@ -89,14 +92,17 @@ where
     if groups.len() <= 1 {
         return decode(memory, max_len, cache);
     }
+    let scope = ops::Scope::current();
     let parts: Vec<Result<Vec<T>>> = groups
         .into_par_iter()
         .map(|(start, len)| {
-            decode(
-                &memory.narrow(start, len)?,
-                &max_len[start..start + len],
-                model.narrow_cache(&cache, start, len)?,
-            )
+            scope.enter(|| {
+                decode(
+                    &memory.narrow(start, len)?,
+                    &max_len[start..start + len],
+                    model.narrow_cache(&cache, start, len)?,
+                )
+            })
         })
         .collect();
     let mut out = Vec::with_capacity(b);
@@ -149,7 +155,8 @@ fn greedy_loop(
             break;
         }
         let logits = next_logits(&tokens)?; // (b, V)
-        let next = crate::ops::argmax_last_dim(&logits)?; // (b,)
+        let next = ops::argmax_last_dim(&logits)?; // (b,)
+        // The one copy to the host per step that decoding needs: which sentences have ended.
         let next_host = next.to_vec1::<u32>()?;
         for (i, &tok) in next_host.iter().enumerate() {
             if done[i] {
@@ -306,9 +313,10 @@ fn beam_search_group<M: Seq2Seq>(
         // (sentence, rows) of the batch as it is, to tell below whether any row changes source.
         let layout: Vec<(usize, usize)> = active.iter().map(|&s| (s, live[s].len())).collect();
         let logits = model.decode_step(&mem, &tokens, &mut cache)?; // (rows, V)
-        // Row by row: one (rows × V) host buffer per step is fresh memory from the kernel
-        // each time (page faults measured 1.3× with base's 320 × 16,000).
-        let log_probs = crate::ops::log_softmax_last_dim(&logits)?.to_vec2::<f32>()?;
+        // Beam search ranks its candidates on the host: the log-probabilities come over once
+        // per step. Row by row: one (rows × V) host buffer per step is fresh memory from the
+        // kernel each time (page faults measured 1.3× with base's 320 × 16,000).
+        let log_probs = ops::log_softmax_last_dim(&logits)?.to_vec2::<f32>()?;
         let mut next_rows: Vec<u32> = Vec::new();
         let mut next_tokens: Vec<u32> = Vec::new();
         let mut next_active = Vec::new();
@@ -421,7 +429,7 @@ pub fn forced_log_prob<M: Seq2Seq>(
         .collect();
     let n = if with_eos { target.len() } else { tokens.len() };
     let t = Tensor::new(input.as_slice(), device)?.unsqueeze(0)?;
-    let lp = candle_nn::ops::log_softmax(&model.forward_t(memory, &t, false)?, D::Minus1)?
+    let lp = ops::log_softmax_last_dim(&model.forward_t(memory, &t, false)?)?
         .squeeze(0)?
         .to_vec2::<f32>()?;
     Ok((0..n).map(|i| lp[i][target[i] as usize] as f64).sum())

@@ -1,16 +1,59 @@
-//! Helpers shared by the model tests (included with `mod common;`).
+//! Helpers shared by the model tests (included with `#[macro_use] mod common;`).
+//!
+//! The device comes from `WICK_TEST_DEVICE` (`cpu`, the default, or `cuda[:N]`, `metal`), so
+//! that one test executable checks a GPU build on a GPU machine (`scripts/gpu_check.sh`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic
-#![allow(dead_code)]
+#![allow(dead_code, unused_macros)]
 
 use candle_core::{DType, Device, Result, Tensor};
-use wick_model::{
-    DropoutRng, NormPosition, ParamStore, Transformer, TransformerConfig, Tying, VocabSizes,
-};
+use wick_model::transformer::{NormPosition, Transformer, TransformerConfig, Tying};
+use wick_model::{DropoutRng, ParamStore, VocabSizes};
 
 pub const PAD: u32 = 0;
 pub const BOS: u32 = 1;
 pub const EOS: u32 = 2;
+
+/// The device the tests run on: `WICK_TEST_DEVICE`, default the CPU.
+pub fn device() -> Device {
+    let spec = std::env::var("WICK_TEST_DEVICE").unwrap_or_default();
+    let spec = spec.trim();
+    let ordinal = |rest: &str| rest.strip_prefix(':').map_or(Ok(0), str::parse::<usize>);
+    match spec {
+        "" | "cpu" => Device::Cpu,
+        "metal" => Device::new_metal(0).expect("WICK_TEST_DEVICE=metal: no Metal device"),
+        s if s.starts_with("cuda") => {
+            let n = ordinal(&s[4..]).expect("WICK_TEST_DEVICE: expected cuda or cuda:N");
+            Device::new_cuda(n).expect("WICK_TEST_DEVICE=cuda: no CUDA device")
+        }
+        other => panic!("WICK_TEST_DEVICE={other}: expected cpu, cuda, cuda:N or metal"),
+    }
+}
+
+/// Defines each named test body (a `fn NAME() -> Result<()>` in the calling file) as two
+/// tests: `kernels::NAME` (wick's CPU kernels where the device has them) and
+/// `reference::NAME`, under the forced reference path — the composed Candle ops a GPU runs,
+/// with every kernel call refused.
+macro_rules! on_both_paths {
+    ($($name:ident),* $(,)?) => {
+        mod kernels {
+            $(
+                #[test]
+                fn $name() -> candle_core::Result<()> {
+                    super::$name()
+                }
+            )*
+        }
+        mod reference {
+            $(
+                #[test]
+                fn $name() -> candle_core::Result<()> {
+                    wick_model::ops::with_reference_ops(super::$name)
+                }
+            )*
+        }
+    };
+}
 
 pub fn tiny_config(norm: NormPosition, tie: Tying) -> TransformerConfig {
     TransformerConfig {
@@ -37,7 +80,7 @@ pub fn build(cfg: &TransformerConfig, seed: u64) -> Result<(Transformer, ParamSt
         cfg,
         VOCAB,
         DropoutRng::new(seed + 1),
-        store.var_builder(DType::F32, &Device::Cpu),
+        store.var_builder(DType::F32, &device()),
     )?;
     Ok((model, store))
 }
@@ -54,8 +97,8 @@ pub fn padded(rows: &[Vec<u32>], fill: u32) -> Result<(Tensor, Tensor)> {
         }
     }
     Ok((
-        Tensor::from_vec(ids, (rows.len(), len), &Device::Cpu)?,
-        Tensor::from_vec(mask, (rows.len(), len), &Device::Cpu)?,
+        Tensor::from_vec(ids, (rows.len(), len), &device())?,
+        Tensor::from_vec(mask, (rows.len(), len), &device())?,
     ))
 }
 

@@ -1,13 +1,16 @@
-//! Shape, padding-invariance, causality and cache-equivalence tests of the Transformer.
+//! Shape, padding-invariance, causality and cache-equivalence tests of the Transformer, each
+//! run on the kernel path and on the forced reference path.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic
 
+#[macro_use]
 mod common;
 
-use candle_core::{D, Device, IndexOp, Result, Tensor};
+use candle_core::{D, IndexOp, Result, Tensor};
 use common::*;
+use wick_model::Seq2Seq;
 use wick_model::search::{SpecialIds, greedy};
-use wick_model::{Seq2Seq, Transformer};
+use wick_model::transformer::{NormPosition, Transformer, Tying};
 
 fn sources() -> Vec<Vec<u32>> {
     vec![
@@ -21,7 +24,6 @@ fn targets_in() -> Vec<Vec<u32>> {
     vec![vec![BOS, 7, 12, 19, 6], vec![BOS, 22, 10], vec![BOS]]
 }
 
-#[test]
 fn output_shapes() -> Result<()> {
     for cfg in all_configs() {
         let (model, _) = build(&cfg, 3)?;
@@ -34,30 +36,23 @@ fn output_shapes() -> Result<()> {
             model.forward_t(&memory, &tgt_in, true)?.dims(),
             &[3, 5, VOCAB.tgt]
         );
-        let attn = model.cross_attention(&memory, &tgt_in)?;
+        let attn = model.attention(&memory, &tgt_in)?;
         assert_eq!(attn.len(), cfg.decoder_layers);
         assert_eq!(attn[0].dims(), &[3, cfg.n_heads, 5, 7]);
         let mut cache = model.start_decoding(&memory)?;
-        let step = model.decode_step(
-            &memory,
-            &Tensor::full(BOS, (3, 1), &Device::Cpu)?,
-            &mut cache,
-        )?;
+        let step =
+            model.decode_step(&memory, &Tensor::full(BOS, (3, 1), &device())?, &mut cache)?;
         assert_eq!(step.dims(), &[3, VOCAB.tgt]);
     }
     Ok(())
 }
 
-#[test]
 fn cross_attention_rows_sum_to_one_and_skip_padding() -> Result<()> {
-    let (model, _) = build(
-        &tiny_config(wick_model::NormPosition::Post, wick_model::Tying::All),
-        4,
-    )?;
+    let (model, _) = build(&tiny_config(NormPosition::Post, Tying::All), 4)?;
     let (src, src_mask) = padded(&sources(), PAD)?;
     let (tgt_in, _) = padded(&targets_in(), PAD)?;
     let memory = model.encode(&src, &src_mask, false)?;
-    for probs in model.cross_attention(&memory, &tgt_in)? {
+    for probs in model.attention(&memory, &tgt_in)? {
         let sums = probs.sum(D::Minus1)?.flatten_all()?.to_vec1::<f32>()?;
         assert!(
             sums.iter().all(|s| (s - 1.0).abs() < 1e-5),
@@ -87,7 +82,6 @@ fn real_logits(model: &Transformer, src_fill: u32, tgt_fill: u32) -> Result<Vec<
     Ok(out)
 }
 
-#[test]
 fn padding_content_does_not_change_real_outputs() -> Result<()> {
     for cfg in all_configs() {
         let (model, _) = build(&cfg, 5)?;
@@ -110,12 +104,8 @@ fn padding_content_does_not_change_real_outputs() -> Result<()> {
     Ok(())
 }
 
-#[test]
 fn extra_padding_columns_do_not_change_outputs() -> Result<()> {
-    let (model, _) = build(
-        &tiny_config(wick_model::NormPosition::Pre, wick_model::Tying::Decoder),
-        6,
-    )?;
+    let (model, _) = build(&tiny_config(NormPosition::Pre, Tying::Decoder), 6)?;
     let reference = real_logits(&model, PAD, PAD)?;
     // Append three more padding columns to every source row.
     let mut longer = sources();
@@ -124,7 +114,7 @@ fn extra_padding_columns_do_not_change_outputs() -> Result<()> {
     // The padded tail of row 0 must be masked too.
     let mut m = src_mask.to_vec2::<f32>()?;
     m[0][7..].fill(0.0);
-    src_mask = Tensor::new(m, &Device::Cpu)?;
+    src_mask = Tensor::new(m, &device())?;
     let (tgt_in, _) = padded(&targets_in(), PAD)?;
     let memory = model.encode(&src, &src_mask, false)?;
     let logits = model.forward_t(&memory, &tgt_in, false)?;
@@ -137,7 +127,6 @@ fn extra_padding_columns_do_not_change_outputs() -> Result<()> {
     Ok(())
 }
 
-#[test]
 fn decoder_is_causal() -> Result<()> {
     for cfg in all_configs() {
         let (model, _) = build(&cfg, 7)?;
@@ -168,7 +157,6 @@ fn decoder_is_causal() -> Result<()> {
     Ok(())
 }
 
-#[test]
 fn cached_decoding_equals_full_forward() -> Result<()> {
     for cfg in all_configs() {
         let (model, _) = build(&cfg, 8)?;
@@ -198,11 +186,10 @@ fn cached_decoding_equals_full_forward() -> Result<()> {
 /// The self-attention cache past its first buffer block (32 rows, so it grows) and after
 /// reordering mid-sentence (rows dropped and duplicated, as beam search does): every step's
 /// logits still equal the full forward of the prefixes the rows now hold.
-#[test]
 fn cached_decoding_survives_growth_and_reordering() -> Result<()> {
     const LEN: usize = 45;
     const SWITCH: usize = 20;
-    let cfg = tiny_config(wick_model::NormPosition::Pre, wick_model::Tying::All);
+    let cfg = tiny_config(NormPosition::Pre, Tying::All);
     let (model, _) = build(&cfg, 9)?;
     let (src, src_mask) = padded(&sources(), PAD)?;
     let memory = model.encode(&src, &src_mask, false)?;
@@ -215,7 +202,7 @@ fn cached_decoding_survives_growth_and_reordering() -> Result<()> {
         .collect();
     let (tgt, _) = padded(&prefix, PAD)?;
     let full = model.forward_t(&memory, &tgt, false)?; // (3, LEN, V)
-    let order = Tensor::new(&[2u32, 0, 0], &Device::Cpu)?;
+    let order = Tensor::new(&[2u32, 0, 0], &device())?;
     // Rows after the switch: 2, 0, 0 of the original batch, continuing their own prefixes.
     let (full_after, tgt_after) = (full.index_select(&order, 0)?, tgt.index_select(&order, 0)?);
     let mut cache = model.start_decoding(&memory)?;
@@ -241,23 +228,19 @@ fn cached_decoding_survives_growth_and_reordering() -> Result<()> {
     Ok(())
 }
 
-#[test]
 fn greedy_matches_argmax_of_full_forward() -> Result<()> {
-    let (model, _) = build(
-        &tiny_config(wick_model::NormPosition::Post, wick_model::Tying::All),
-        9,
-    )?;
+    let (model, _) = build(&tiny_config(NormPosition::Post, Tying::All), 9)?;
     let (src, src_mask) = padded(&sources(), PAD)?;
     let memory = model.encode(&src, &src_mask, false)?;
     let ids = SpecialIds { bos: BOS, eos: EOS };
     let out = greedy(&model, &memory, ids, &[6, 6, 6])?;
     // Re-derive each hypothesis by repeated full (uncached) forwards of one sentence.
     for (r, hyp) in out.iter().enumerate() {
-        let one = memory.index_select(&Tensor::new(&[r as u32], &Device::Cpu)?)?;
+        let one = memory.index_select(&Tensor::new(&[r as u32], &device())?)?;
         let mut prefix = vec![BOS];
         let mut expected = Vec::new();
         for _ in 0..6 {
-            let t = Tensor::new(prefix.as_slice(), &Device::Cpu)?.unsqueeze(0)?;
+            let t = Tensor::new(prefix.as_slice(), &device())?.unsqueeze(0)?;
             let logits = model.forward_t(&one, &t, false)?;
             let next = logits
                 .i((0, prefix.len() - 1))?
@@ -274,9 +257,8 @@ fn greedy_matches_argmax_of_full_forward() -> Result<()> {
     Ok(())
 }
 
-#[test]
 fn dropout_is_seeded_and_off_in_eval() -> Result<()> {
-    let cfg = tiny_config(wick_model::NormPosition::Post, wick_model::Tying::All);
+    let cfg = tiny_config(NormPosition::Post, Tying::All);
     let (src, src_mask) = padded(&sources(), PAD)?;
     let (tgt, _) = padded(&targets_in(), PAD)?;
     let run = |seed| -> Result<(Tensor, Tensor, Tensor)> {
@@ -302,9 +284,8 @@ fn dropout_is_seeded_and_off_in_eval() -> Result<()> {
     Ok(())
 }
 
-#[test]
 fn initialisation_is_seeded() -> Result<()> {
-    let cfg = tiny_config(wick_model::NormPosition::Post, wick_model::Tying::None);
+    let cfg = tiny_config(NormPosition::Post, Tying::None);
     let (_, s1) = build(&cfg, 11)?;
     let (_, s2) = build(&cfg, 11)?;
     let (_, s3) = build(&cfg, 12)?;
@@ -318,7 +299,6 @@ fn initialisation_is_seeded() -> Result<()> {
     Ok(())
 }
 
-#[test]
 fn every_parameter_gets_a_gradient() -> Result<()> {
     // candle-nn 0.11's fused softmax and LayerNorm have no backward; a model built on them
     // trains only part of its parameters while its loss still falls.
@@ -343,13 +323,28 @@ fn every_parameter_gets_a_gradient() -> Result<()> {
     Ok(())
 }
 
-#[test]
-fn rejects_bad_config() {
-    let mut cfg = tiny_config(wick_model::NormPosition::Post, wick_model::Tying::All);
+fn rejects_bad_config() -> Result<()> {
+    let mut cfg = tiny_config(NormPosition::Post, Tying::All);
     cfg.n_heads = 5;
     let err = build(&cfg, 0)
         .err()
         .map(|e| e.to_string())
         .unwrap_or_default();
     assert!(err.contains("divisible"), "{err}");
+    Ok(())
 }
+
+on_both_paths!(
+    output_shapes,
+    cross_attention_rows_sum_to_one_and_skip_padding,
+    padding_content_does_not_change_real_outputs,
+    extra_padding_columns_do_not_change_outputs,
+    decoder_is_causal,
+    cached_decoding_equals_full_forward,
+    cached_decoding_survives_growth_and_reordering,
+    greedy_matches_argmax_of_full_forward,
+    dropout_is_seeded_and_off_in_eval,
+    initialisation_is_seeded,
+    every_parameter_gets_a_gradient,
+    rejects_bad_config,
+);

@@ -62,7 +62,7 @@ fn softmax_kernel_matches_reference() -> Result<()> {
             x = (x + (mask * -1e9)?)?;
         }
         let (a, ga) = value_and_grads(|t| ops::softmax_last_dim(&t[0]), &[x.clone()], 7)?;
-        let (b, gb) = value_and_grads(|t| ops::softmax_reference(&t[0]), &[x], 7)?;
+        let (b, gb) = value_and_grads(|t| ops::reference::softmax_last_dim(&t[0]), &[x], 7)?;
         assert!(max_diff(&a, &b)? < 1e-6, "softmax forward {shape:?}");
         assert!(
             max_diff(&ga[0], &gb[0])? < 1e-5,
@@ -82,7 +82,7 @@ fn layer_norm_kernel_matches_reference() -> Result<()> {
         let inputs = [x, w, b];
         let (a, ga) = value_and_grads(|t| ops::layer_norm(&t[0], &t[1], &t[2], 1e-5), &inputs, 9)?;
         let (r, gr) = value_and_grads(
-            |t| ops::layer_norm_reference(&t[0], &t[1], &t[2], 1e-5),
+            |t| ops::reference::layer_norm(&t[0], &t[1], &t[2], 1e-5),
             &inputs,
             9,
         )?;
@@ -118,14 +118,15 @@ fn cross_entropy_kernel_matches_reference() -> Result<()> {
         let fused =
             |t: &[Tensor]| ops::label_smoothed_cross_entropy(&t[0], &target, eps).map(|r| r.0);
         let reference = |t: &[Tensor]| {
-            ops::label_smoothed_cross_entropy_reference(&t[0], &target, eps).map(|r| r.0)
+            ops::reference::label_smoothed_cross_entropy(&t[0], &target, eps).map(|r| r.0)
         };
         let (a, ga) = value_and_grads(fused, std::slice::from_ref(&logits), 5)?;
         let (b, gb) = value_and_grads(reference, std::slice::from_ref(&logits), 5)?;
         assert!(max_diff(&a, &b)? < 1e-4, "ce forward n={n} v={v}");
         assert!(max_diff(&ga[0], &gb[0])? < 1e-5, "ce backward n={n} v={v}");
         let (_, nll_a, hit_a) = ops::label_smoothed_cross_entropy(&logits, &target, eps)?;
-        let (_, nll_b, hit_b) = ops::label_smoothed_cross_entropy_reference(&logits, &target, eps)?;
+        let (_, nll_b, hit_b) =
+            ops::reference::label_smoothed_cross_entropy(&logits, &target, eps)?;
         assert!(max_diff(&nll_a, &nll_b)? < 1e-4);
         assert_eq!(hit_a.to_vec1::<f32>()?, hit_b.to_vec1::<f32>()?);
     }
@@ -153,7 +154,6 @@ fn padding_bias(pad: &[usize], tk: usize) -> Result<Tensor> {
 
 #[test]
 fn fused_attention_matches_reference() -> Result<()> {
-    use wick_model::fused_attention as fa;
     use wick_model::mask::causal_bias;
     // (b, t, heads, d_k): odd sizes, one head, and the benchmark shape; key padding (with a
     // sentence that is all padding but one key) and a causal mask.
@@ -176,12 +176,12 @@ fn fused_attention_matches_reference() -> Result<()> {
         let pad: Vec<usize> = (0..b).map(|i| (i * 2) % t).collect();
         for bias in [padding_bias(&pad, t)?, causal_bias(t, &Device::Cpu)?] {
             let (y, g) = value_and_grads(
-                |x| fa::self_attention(&x[0], &bias, heads, None),
+                |x| ops::attention_qkv(&x[0], &bias, heads, None),
                 std::slice::from_ref(&qkv),
                 seed,
             )?;
             let (yr, gr) = value_and_grads(
-                |x| fa::self_attention_reference(&x[0], &bias, heads, None),
+                |x| ops::reference::attention_qkv(&x[0], &bias, heads, None),
                 std::slice::from_ref(&qkv),
                 seed,
             )?;
@@ -202,12 +202,12 @@ fn fused_attention_matches_reference() -> Result<()> {
         let kv = randn(&[b, t, 2 * d], seed + 20)?;
         let bias = padding_bias(&pad, t)?;
         let (y, g) = value_and_grads(
-            |x| fa::cross_attention(&x[0], &x[1], &bias, heads, None),
+            |x| ops::attention(&x[0], &x[1], &bias, heads, None),
             &[q.clone(), kv.clone()],
             seed,
         )?;
         let (yr, gr) = value_and_grads(
-            |x| fa::cross_attention_reference(&x[0], &x[1], &bias, heads, None),
+            |x| ops::reference::attention(&x[0], &x[1], &bias, heads, None),
             &[q.clone(), kv.clone()],
             seed,
         )?;
@@ -215,8 +215,8 @@ fn fused_attention_matches_reference() -> Result<()> {
         assert!(max_diff(&y, &yr)? < 1e-5, "cross forward");
         // A decoding step: one query per sentence, which the kernel runs key by key.
         let q1 = randn(&[b, 1, 3 * d], seed + 30)?;
-        let y1 = fa::cross_attention(&q1, &kv, &bias, heads, None)?;
-        let y1r = fa::cross_attention_reference(&q1, &kv, &bias, heads, None)?;
+        let y1 = ops::attention(&q1, &kv, &bias, heads, None)?;
+        let y1r = ops::reference::attention(&q1, &kv, &bias, heads, None)?;
         assert_eq!(y1.dims(), &[b, 1, d]);
         let diff = max_diff(&y1, &y1r)?;
         assert!(
@@ -228,8 +228,8 @@ fn fused_attention_matches_reference() -> Result<()> {
         let buffer = Tensor::cat(&[&kv, &randn(&[b, 3, 2 * d], seed + 40)?], 1)?;
         let view = buffer.narrow(1, 0, t)?;
         for q in [&q1, &q] {
-            let strided = fa::cross_attention(q, &view, &bias, heads, None)?;
-            let packed = fa::cross_attention(q, &kv, &bias, heads, None)?;
+            let strided = ops::attention(q, &view, &bias, heads, None)?;
+            let packed = ops::attention(q, &kv, &bias, heads, None)?;
             assert_eq!(max_diff(&strided, &packed)?, 0.0, "keys read in place");
         }
         assert!(max_diff(&g[0], &gr[0])? < 1e-4, "cross backward, queries");
@@ -250,7 +250,7 @@ fn fused_attention_matches_reference() -> Result<()> {
     let (b, t, heads, d) = (2, 6, 2, 8);
     let qkv = randn(&[b, t, 3 * d], 9)?;
     let bias = padding_bias(&[2, 0], t)?;
-    let y = fa::self_attention(&qkv, &bias, heads, None)?;
+    let y = ops::attention_qkv(&qkv, &bias, heads, None)?;
     let mut data = qkv.flatten_all()?.to_vec1::<f32>()?;
     for j in [4, 5] {
         for c in d..3 * d {
@@ -258,7 +258,7 @@ fn fused_attention_matches_reference() -> Result<()> {
         }
     }
     let changed = Tensor::from_vec(data, (b, t, 3 * d), &Device::Cpu)?;
-    let y2 = fa::self_attention(&changed, &bias, heads, None)?;
+    let y2 = ops::attention_qkv(&changed, &bias, heads, None)?;
     let real = |y: &Tensor| y.narrow(0, 0, 1)?.narrow(1, 0, 4);
     assert_eq!(max_diff(&real(&y)?, &real(&y2)?)?, 0.0);
     Ok(())
@@ -268,7 +268,7 @@ fn fused_attention_matches_reference() -> Result<()> {
 fn fused_linear_matches_reference() -> Result<()> {
     use candle_core::Module;
     use candle_nn::{VarBuilder, VarMap};
-    use wick_model::linear::Linear;
+    use wick_model::layers::Linear;
     for (shape, d_out, seed) in [
         (vec![5, 7], 3, 1),
         (vec![4, 6, 16], 48, 2),
@@ -315,16 +315,16 @@ fn fused_linear_matches_reference() -> Result<()> {
             } else {
                 run(&|x| layer.forward(x))?
             };
-            let (yr, gr) = if relu {
-                run(&|x| layer.forward_reference(x)?.relu())?
-            } else {
-                run(&|x| layer.forward_reference(x))?
-            };
+            let (yr, gr) =
+                run(&|x| ops::reference::affine(x, layer.weight(), layer.bias(), relu, None))?;
             assert_eq!(y.dims(), yr.dims());
             assert!(rel(&y, &yr)? < 1e-5, "forward {shape:?} relu {relu}");
             // The decoding copy (on the CPU) multiplies by the same weight packed in panels.
             let copy = layer.for_decoding()?;
-            let panels = copy.panels().map(|p| p.dims().to_vec());
+            let panels = match copy.laid_out() {
+                Some(ops::LaidOut::Panels(p)) => Some(p.dims().to_vec()),
+                _ => None,
+            };
             assert_eq!(panels, Some(vec![d_out.div_ceil(64), d_in, 64]));
             assert_eq!(copy.weight().dims(), layer.weight().dims());
             let yd = if relu {
@@ -346,7 +346,7 @@ fn fused_linear_matches_reference() -> Result<()> {
 fn feed_forward_dropout_fused_equals_composed() -> Result<()> {
     use candle_nn::{VarBuilder, VarMap};
     use wick_model::DropoutRng;
-    use wick_model::feed_forward::FeedForward;
+    use wick_model::layers::FeedForward;
     // The ReLU and the dropout folded into fc1's node: the same mask from the same point of
     // the stream and the same arithmetic as the separate nodes, so equal bit for bit, forward
     // and backward; training mode only changes anything with p > 0.
@@ -412,10 +412,10 @@ fn projected_cross_entropy_matches_composed() -> Result<()> {
         let run = |fused: bool| -> Result<(Vec<Tensor>, Vec<Tensor>)> {
             let (h, w) = (Var::from_tensor(&hidden)?, Var::from_tensor(&weight)?);
             let (s, nll, hits) = if fused {
-                ops::projected_cross_entropy(h.as_tensor(), w.as_tensor(), &target, eps)?
+                ops::projected_cross_entropy(h.as_tensor(), w.as_tensor(), None, &target, eps)?
             } else {
                 let logits = h.as_tensor().matmul(&w.as_tensor().t()?)?;
-                ops::label_smoothed_cross_entropy_reference(&logits, &target, eps)?
+                ops::reference::label_smoothed_cross_entropy(&logits, &target, eps)?
             };
             let grads = (&s * &row_weight)?.sum_all()?.backward()?;
             Ok((
@@ -458,46 +458,40 @@ fn fused_attention_dropout_matches_reference() -> Result<()> {
 }
 
 fn attention_dropout_case(dk: usize) -> Result<()> {
-    use wick_model::dropout::{Dropout, DropoutRng};
-    use wick_model::fused_attention as fa;
+    use wick_model::layers::{Dropout, DropoutRng};
     let (b, t, heads) = (4, 9, 2);
     let d = heads * dk;
     let qkv = randn(&[b, t, 3 * d], 31)?;
     let kv = randn(&[b, t + 3, 2 * d], 32)?;
     let bias = padding_bias(&[0, 2, 4, 1], t)?;
     let cross_bias = padding_bias(&[1, 0, 3, 2], t + 3)?;
-    // Two streams with the same seed draw the same masks, so kernel and reference must agree
-    // to rounding, forward and backward.
-    let pair = || {
-        (
-            Dropout::new(0.3, DropoutRng::new(7)),
-            Dropout::new(0.3, DropoutRng::new(7)),
-        )
-    };
-    let (d1, d2) = pair();
+    // The same seed draws the same mask, so kernel and reference must agree to rounding,
+    // forward and backward.
+    let mask = |n: usize| Dropout::new(0.3, DropoutRng::new(7)).draw_mask(n);
+    let n = b * heads * t * t;
     let (y, g) = value_and_grads(
-        |x| fa::self_attention(&x[0], &bias, heads, Some(&d1)),
+        |x| ops::attention_qkv(&x[0], &bias, heads, Some(mask(n)?)),
         std::slice::from_ref(&qkv),
         5,
     )?;
     let (yr, gr) = value_and_grads(
-        |x| fa::self_attention_reference(&x[0], &bias, heads, Some(&d2)),
+        |x| ops::reference::attention_qkv(&x[0], &bias, heads, Some(mask(n)?)),
         std::slice::from_ref(&qkv),
         5,
     )?;
     assert!(max_diff(&y, &yr)? < 1e-5);
     assert!(max_diff(&g[0], &gr[0])? < 1e-4);
     // Dropout is on: the output differs from attention without it.
-    assert!(max_diff(&y, &fa::self_attention(&qkv, &bias, heads, None)?)? > 1e-2);
-    let (d1, d2) = pair();
+    assert!(max_diff(&y, &ops::attention_qkv(&qkv, &bias, heads, None)?)? > 1e-2);
     let q = qkv.narrow(2, 0, d)?;
+    let n = b * heads * t * (t + 3);
     let (y, g) = value_and_grads(
-        |x| fa::cross_attention(&x[0], &x[1], &cross_bias, heads, Some(&d1)),
+        |x| ops::attention(&x[0], &x[1], &cross_bias, heads, Some(mask(n)?)),
         &[q.clone(), kv.clone()],
         6,
     )?;
     let (yr, gr) = value_and_grads(
-        |x| fa::cross_attention_reference(&x[0], &x[1], &cross_bias, heads, Some(&d2)),
+        |x| ops::reference::attention(&x[0], &x[1], &cross_bias, heads, Some(mask(n)?)),
         &[q, kv],
         6,
     )?;
@@ -559,7 +553,7 @@ fn matmul_matches_candle_on_views() -> Result<()> {
 fn transpose_matches_candle() -> Result<()> {
     for (r, c, seed) in [(1, 1, 1), (5, 3, 2), (33, 70, 3), (64, 1037, 4), (0, 4, 5)] {
         let x = randn(&[r, c], seed)?;
-        let y = wick_model::ops::transpose_contiguous(&x)?;
+        let y = ops::transpose_contiguous(&x)?;
         assert_eq!(y.dims(), &[c, r]);
         assert!(y.is_contiguous());
         let (got, want) = (y.flatten_all()?, x.t()?.contiguous()?.flatten_all()?);
@@ -595,5 +589,136 @@ fn index_select_prefix_copies_the_held_positions() -> Result<()> {
     let bad = Tensor::new(&[1u32, 5], &Device::Cpu)?;
     let err = ops::index_select_prefix(&buf, &bad, 2).unwrap_err();
     assert!(err.to_string().contains("index 5 out of range"), "{err}");
+    Ok(())
+}
+
+#[test]
+fn embedding_kernel_matches_reference() -> Result<()> {
+    // Learned positions (a variable) get a gradient too; the ids repeat, so rows of the
+    // table's gradient are sums.
+    for (b, t, v, d, offset, seed) in [
+        (2, 3, 7, 4, 0, 1),
+        (5, 9, 30, 16, 2, 2),
+        (64, 24, 300, 128, 5, 3),
+    ] {
+        let ids: Vec<u32> = (0..b * t).map(|i| ((i * 7 + 3) % v) as u32).collect();
+        let ids = Tensor::from_vec(ids, (b, t), &Device::Cpu)?;
+        let table = randn(&[v, d], seed)?;
+        let positions = randn(&[offset + t + 3, d], seed + 1)?;
+        let scale = (d as f64).sqrt();
+        let (y, g) = value_and_grads(
+            |x| ops::embed(&ids, &x[0], scale, &x[1], offset),
+            &[table.clone(), positions.clone()],
+            seed,
+        )?;
+        let (yr, gr) = value_and_grads(
+            |x| ops::reference::embed(&ids, &x[0], scale, &x[1], offset),
+            &[table, positions],
+            seed,
+        )?;
+        assert_eq!(y.dims(), &[b, t, d]);
+        assert!(max_diff(&y, &yr)? < 1e-5, "embed forward {b}x{t}");
+        assert!(max_diff(&g[0], &gr[0])? < 1e-4, "embed d table {b}x{t}");
+        assert!(max_diff(&g[1], &gr[1])? < 1e-4, "embed d positions {b}x{t}");
+    }
+    let ids = Tensor::new(&[[3u32, 9]], &Device::Cpu)?;
+    let err = ops::embed(&ids, &randn(&[5, 4], 1)?, 1.0, &randn(&[4, 4], 2)?, 0).unwrap_err();
+    assert!(err.to_string().contains("token id 9"), "{err}");
+    Ok(())
+}
+
+#[test]
+fn residual_sum_kernel_matches_reference() -> Result<()> {
+    use wick_model::layers::{Dropout, DropoutRng};
+    for (shape, p) in [
+        (vec![3, 5, 8], 0.0),
+        (vec![64, 24, 128], 0.1),
+        (vec![2, 7], 0.5),
+    ] {
+        let n: usize = shape.iter().product();
+        let mask = || -> Result<Option<Vec<f32>>> {
+            Dropout::new(p, DropoutRng::new(3)).mask_if_active(n, true)
+        };
+        let inputs = [randn(&shape, 1)?, randn(&shape, 2)?];
+        let (y, g) = value_and_grads(|x| ops::residual_add(&x[0], &x[1], mask()?), &inputs, 4)?;
+        let (yr, gr) = value_and_grads(
+            |x| ops::reference::residual_add(&x[0], &x[1], mask()?),
+            &inputs,
+            4,
+        )?;
+        // The same arithmetic on both paths: equal bit for bit.
+        assert_eq!(max_diff(&y, &yr)?, 0.0, "{shape:?} p {p}");
+        assert_eq!(max_diff(&g[0], &gr[0])?, 0.0);
+        assert_eq!(max_diff(&g[1], &gr[1])?, 0.0);
+    }
+    Ok(())
+}
+
+#[test]
+fn affine_without_bias_and_projection_with_bias_match_reference() -> Result<()> {
+    let (x, w, b) = (
+        randn(&[4, 6, 16], 1)?,
+        randn(&[24, 16], 2)?,
+        randn(&[24], 3)?,
+    );
+    let (y, g) = value_and_grads(
+        |t| ops::affine(&t[0], &t[1], None, false, None),
+        &[x.clone(), w.clone()],
+        5,
+    )?;
+    let (yr, gr) = value_and_grads(
+        |t| ops::reference::affine(&t[0], &t[1], None, false, None),
+        &[x, w.clone()],
+        5,
+    )?;
+    assert!(max_diff(&y, &yr)? < 1e-5);
+    assert!(max_diff(&g[0], &gr[0])? < 1e-4 && max_diff(&g[1], &gr[1])? < 1e-4);
+    // An output layer with a bias: the loss over `h·Wᵀ + b`.
+    let h = randn(&[12, 16], 6)?;
+    let target = Tensor::from_vec((0..12u32).map(|i| (i * 5) % 24).collect(), 12, &Device::Cpu)?;
+    let (l, gl) = value_and_grads(
+        |t| Ok(ops::projected_cross_entropy(&t[0], &t[1], Some(&t[2]), &target, 0.1)?.0),
+        &[h.clone(), w.clone(), b.clone()],
+        7,
+    )?;
+    let (lr, glr) = value_and_grads(
+        |t| {
+            let logits = t[0].matmul(&t[1].t()?)?.broadcast_add(&t[2])?;
+            Ok(ops::reference::label_smoothed_cross_entropy(&logits, &target, 0.1)?.0)
+        },
+        &[h, w, b],
+        7,
+    )?;
+    assert!(max_diff(&l, &lr)? < 1e-5);
+    for (a, r) in gl.iter().zip(&glr) {
+        assert!(max_diff(a, r)? < 1e-5);
+    }
+    Ok(())
+}
+
+#[test]
+fn the_reference_path_reaches_no_kernel() -> Result<()> {
+    let x = randn(&[4, 8], 1)?;
+    // Forced on this thread: the dispatch picks the composed twin, and a kernel called
+    // directly refuses to run.
+    let (forced, refused) = ops::with_reference_ops(|| {
+        let y = ops::softmax_last_dim(&x)?;
+        let r = ops::reference::softmax_last_dim(&x)?;
+        Ok::<_, candle_core::Error>((max_diff(&y, &r)?, wick_kernels::rows::softmax(&x).is_err()))
+    })?;
+    assert_eq!(forced, 0.0);
+    assert!(refused);
+    assert!(!ops::reference_ops_forced(), "the switch is scoped");
+    assert!(wick_kernels::rows::softmax(&x).is_ok());
+    // Work handed to other threads takes the switch along through a scope.
+    use rayon::prelude::*;
+    let barred: Vec<bool> = ops::with_reference_ops(|| {
+        let scope = ops::Scope::current();
+        (0..8)
+            .into_par_iter()
+            .map(|_| scope.enter(ops::reference_ops_forced))
+            .collect()
+    });
+    assert!(barred.iter().all(|&b| b));
     Ok(())
 }

@@ -1,16 +1,19 @@
 //! Beam search: beam 1 is greedy, results do not depend on the batch, n-best lists are
-//! sorted and their scores are the model's own forced-decoding scores.
+//! sorted and their scores are the model's own forced-decoding scores; on the kernel path and
+//! on the forced reference path.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic
 
+#[macro_use]
 mod common;
 
-use candle_core::{Device, Result, Tensor};
+use candle_core::{Result, Tensor};
 use common::*;
+use wick_model::Seq2Seq;
 use wick_model::search::{
     BeamConfig, SpecialIds, beam_search, forced_log_prob, greedy, greedy_uncached, length_penalty,
 };
-use wick_model::{NormPosition, Seq2Seq, Tying};
+use wick_model::transformer::{NormPosition, Transformer, Tying};
 
 const IDS: SpecialIds = SpecialIds { bos: BOS, eos: EOS };
 
@@ -27,7 +30,7 @@ fn sources() -> Vec<Vec<u32>> {
 }
 
 /// A model whose outputs are not dominated by one token: sharper logits than the default init.
-fn model(seed: u64) -> Result<wick_model::Transformer> {
+fn model(seed: u64) -> Result<Transformer> {
     let mut cfg = tiny_config(NormPosition::Post, Tying::All);
     cfg.dropout = 0.0;
     let (m, store) = build(&cfg, seed)?;
@@ -37,7 +40,6 @@ fn model(seed: u64) -> Result<wick_model::Transformer> {
     Ok(m)
 }
 
-#[test]
 fn beam_of_one_is_greedy() -> Result<()> {
     let m = model(21)?;
     let (src, mask) = padded(&sources(), PAD)?;
@@ -64,7 +66,6 @@ fn beam_of_one_is_greedy() -> Result<()> {
 /// A copy laid out for decoding once (what `wick translate` decodes with: encoder, decoder
 /// and output projection on packed panels) gives the outputs and, to rounding, the scores of
 /// the model as trained.
-#[test]
 fn model_laid_out_once_decodes_as_the_original() -> Result<()> {
     let m = model(23)?;
     let once = m.for_decoding()?;
@@ -103,7 +104,6 @@ fn model_laid_out_once_decodes_as_the_original() -> Result<()> {
     Ok(())
 }
 
-#[test]
 fn cached_and_uncached_decoding_give_identical_outputs() -> Result<()> {
     let m = model(24)?;
     let srcs = sources();
@@ -119,7 +119,6 @@ fn cached_and_uncached_decoding_give_identical_outputs() -> Result<()> {
     Ok(())
 }
 
-#[test]
 fn output_does_not_depend_on_the_batch() -> Result<()> {
     let m = model(22)?;
     let srcs = sources();
@@ -160,7 +159,6 @@ fn output_does_not_depend_on_the_batch() -> Result<()> {
     Ok(())
 }
 
-#[test]
 fn n_best_is_sorted_and_scores_are_forced_decoding_scores() -> Result<()> {
     let m = model(23)?;
     let srcs = sources();
@@ -185,7 +183,7 @@ fn n_best_is_sorted_and_scores_are_forced_decoding_scores() -> Result<()> {
                 hyps.windows(2).all(|w| w[0].score >= w[1].score),
                 "sentence {i}: n-best not sorted"
             );
-            let one = memory.index_select(&Tensor::new(&[i as u32], &Device::Cpu)?)?;
+            let one = memory.index_select(&Tensor::new(&[i as u32], &device())?)?;
             for h in hyps {
                 let ended = h.tokens.len() < max_len[i];
                 let lp = forced_log_prob(&m, &one, IDS, &h.tokens, ended)?;
@@ -201,3 +199,11 @@ fn n_best_is_sorted_and_scores_are_forced_decoding_scores() -> Result<()> {
     }
     Ok(())
 }
+
+on_both_paths!(
+    beam_of_one_is_greedy,
+    model_laid_out_once_decodes_as_the_original,
+    cached_and_uncached_decoding_give_identical_outputs,
+    output_does_not_depend_on_the_batch,
+    n_best_is_sorted_and_scores_are_forced_decoding_scores,
+);

@@ -1,24 +1,19 @@
-//! Cross-attention of a translation: the weights (`--attention-json`) and the classic
-//! alignment picture (`--attention OUT.svg|.png`), target tokens down, source tokens across.
+//! The attention of a translation: what each output token attended to in the source, per
+//! attention layer and head (`wick translate --attention-json`, and the alignment pictures
+//! of `--attention`).
 
-use std::path::Path;
-use std::sync::Once;
-
-use anyhow::{Context, Result, bail};
+use anyhow::Result;
 use candle_core::Tensor;
-use plotters::coord::Shift;
-use plotters::prelude::*;
-use plotters::style::text_anchor::{HPos, Pos, VPos};
 use serde::Serialize;
 use wick_data::SourceBatch;
 use wick_data::tokenizer::SPECIALS;
-use wick_model::{Seq2Seq, Transformer};
+use wick_model::{Model, Seq2Seq};
 
 use crate::config::DecodeConfig;
 use crate::run::Tokenizers;
-use crate::translate::{output_limit, translate_ids};
+use crate::translator::{decode_batches, greedy_or_best, output_limit, source_limit};
 
-/// The cross-attention of one translated sentence.
+/// The attention of one translated sentence.
 #[derive(Clone, Debug, Serialize)]
 pub struct AttentionMap {
     pub source: String,
@@ -28,7 +23,8 @@ pub struct AttentionMap {
     /// Output subword tokens and `</s>` (the rows); row `t` is the attention while
     /// predicting token `t`.
     pub tgt_tokens: Vec<String>,
-    /// `[layer][head][target][source]` probabilities; every row sums to 1.
+    /// `[layer][head][target][source]` probabilities; every row sums to 1. A model with one
+    /// attention has one layer of one head.
     pub layers: Vec<Vec<Vec<Vec<f32>>>>,
 }
 
@@ -47,22 +43,25 @@ impl AttentionMap {
     }
 }
 
-/// Translates `sentence` with `decode` and records the decoder's cross-attention over it
+/// Translates `sentence` with `decode` and records the model's attention over it
 /// (recomputed by a teacher-forced pass over the output, which gives the same weights as
 /// incremental decoding since the decoder is causal).
-pub fn attention_map(
-    model: &Transformer,
+/// `model` should be laid out for decoding.
+pub(crate) fn attention_map(
+    model: &Model,
     tok: &Tokenizers,
     decode: &DecodeConfig,
     sentence: &str,
 ) -> Result<AttentionMap> {
-    let out = translate_ids(model, tok, decode, &[sentence.to_string()])?
-        .pop()
-        .unwrap_or_default();
-    let max_positions = model.config().max_positions;
+    let out = decode_batches(model, tok, decode, &[sentence], |m, mem, l| {
+        greedy_or_best(m, mem, l, decode)
+    })?
+    .pop()
+    .unwrap_or_default();
+    let limit = source_limit(model);
     let mut src = tok.src.encode(sentence)?;
-    src.truncate(max_positions - 1);
-    let max_len = output_limit(decode, src.len(), max_positions);
+    src.truncate(limit - 1);
+    let max_len = output_limit(decode, src.len(), limit);
     // Without `</s>` (the length limit was reached) the rows are the output tokens only.
     let finished = out.len() < max_len;
     let mut tgt_in = vec![SPECIALS.bos];
@@ -80,7 +79,7 @@ pub fn attention_map(
     let memory = model.encode(&batch.src, &batch.src_mask, false)?;
     let tgt_in = Tensor::new(tgt_in.as_slice(), model.device())?.unsqueeze(0)?;
     let layers = model
-        .cross_attention(&memory, &tgt_in)?
+        .attention(&memory, &tgt_in)?
         .into_iter()
         .map(|probs| {
             probs
@@ -96,243 +95,4 @@ pub fn attention_map(
         tgt_tokens,
         layers,
     })
-}
-
-/// A subword as shown on an axis: word-initial pieces lose the `▁` marker, pieces inside a
-/// word get a leading `##` (so the plot reads as words, and needs no `▁` glyph).
-fn display_token(t: &str) -> String {
-    match t.strip_prefix('▁') {
-        Some("") => "▁".to_string(),
-        Some(rest) => rest.to_string(),
-        None if t == "</s>" || t.starts_with("<0x") => t.to_string(),
-        None => format!("##{t}"),
-    }
-}
-
-const FONT: &str = "sans-serif";
-const CELL: i32 = 26;
-const LABEL_SIZE: f64 = 14.0;
-const TITLE_SIZE: f64 = 16.0;
-const GAP: i32 = 28;
-const PANELS_PER_ROW: usize = 4;
-
-fn register_font() {
-    static ONCE: Once = Once::new();
-    // Ubuntu Light ships inside epaint_default_fonts (Ubuntu Font Licence); drawing needs
-    // a font whose metrics are known, and system fonts may be missing.
-    ONCE.call_once(|| {
-        let _ = plotters::style::register_font(
-            FONT,
-            FontStyle::Normal,
-            epaint_default_fonts::UBUNTU_LIGHT,
-        );
-    });
-}
-
-/// Which panels to draw: one per layer (head-averaged), or every head of one layer.
-#[derive(Clone, Copy, Debug)]
-pub enum Panels {
-    LayerMeans,
-    HeadsOf(usize),
-}
-
-/// Draws `map` to `path` (`.svg` or `.png`).
-pub fn draw(map: &AttentionMap, panels: Panels, path: &Path) -> Result<()> {
-    let ext = path
-        .extension()
-        .and_then(|e| e.to_str())
-        .map(str::to_ascii_lowercase);
-    let panels: Vec<(String, Vec<Vec<f32>>)> = match panels {
-        Panels::LayerMeans => (0..map.layers.len())
-            .map(|l| {
-                let heads = map.layers[l].len();
-                (
-                    format!("layer {} (mean of {heads} heads)", l + 1),
-                    map.mean_over_heads(l),
-                )
-            })
-            .collect(),
-        Panels::HeadsOf(layer) => {
-            if layer == 0 || layer > map.layers.len() {
-                bail!(
-                    "--heads {layer}: the model has decoder layers 1 to {}",
-                    map.layers.len()
-                )
-            }
-            map.layers[layer - 1]
-                .iter()
-                .enumerate()
-                .map(|(h, w)| (format!("layer {layer}, head {}", h + 1), w.clone()))
-                .collect()
-        }
-    };
-    register_font();
-    let src: Vec<String> = map.src_tokens.iter().map(|t| display_token(t)).collect();
-    let tgt: Vec<String> = map.tgt_tokens.iter().map(|t| display_token(t)).collect();
-    let layout = Layout::new(&src, &tgt, panels.len());
-    let size = (layout.width as u32, layout.height as u32);
-    let result = match ext.as_deref() {
-        Some("svg") => {
-            let root = SVGBackend::new(path, size).into_drawing_area();
-            paint(&root, &layout, &src, &tgt, &panels)
-                .and_then(|()| root.present().map_err(|e| anyhow::anyhow!("{e}")))
-        }
-        Some("png") => {
-            let root = BitMapBackend::new(path, size).into_drawing_area();
-            paint(&root, &layout, &src, &tgt, &panels)
-                .and_then(|()| root.present().map_err(|e| anyhow::anyhow!("{e}")))
-        }
-        _ => bail!(
-            "{}: the attention plot must end in .svg or .png",
-            path.display()
-        ),
-    };
-    result.with_context(|| format!("drawing the attention plot {}", path.display()))
-}
-
-/// Pixel geometry of the figure.
-struct Layout {
-    left: i32,
-    top: i32,
-    grid_w: i32,
-    grid_h: i32,
-    cols: usize,
-    width: i32,
-    height: i32,
-}
-
-impl Layout {
-    fn new(src: &[String], tgt: &[String], n_panels: usize) -> Self {
-        // Label extents from the font itself, so long subwords never overlap the grid.
-        let width_of = |labels: &[String]| {
-            labels
-                .iter()
-                .map(|l| text_width(l, LABEL_SIZE))
-                .max()
-                .unwrap_or(0)
-        };
-        let left = width_of(tgt) + 10;
-        let top = width_of(src) + 10 + TITLE_SIZE as i32 + 8;
-        let grid_w = CELL * src.len() as i32;
-        let grid_h = CELL * tgt.len() as i32;
-        let cols = n_panels.clamp(1, PANELS_PER_ROW);
-        let rows = n_panels.div_ceil(cols) as i32;
-        let colour_bar = 80;
-        let width = GAP + cols as i32 * (left + grid_w + GAP) + colour_bar;
-        let height = GAP / 2 + rows * (top + grid_h + GAP);
-        Self {
-            left,
-            top,
-            grid_w,
-            grid_h,
-            cols,
-            width,
-            height: height.max(top + 200),
-        }
-    }
-
-    /// Top-left corner of panel `k`'s grid.
-    fn origin(&self, k: usize) -> (i32, i32) {
-        let (r, c) = ((k / self.cols) as i32, (k % self.cols) as i32);
-        (
-            GAP + c * (self.left + self.grid_w + GAP) + self.left,
-            GAP / 2 + r * (self.top + self.grid_h + GAP) + self.top,
-        )
-    }
-}
-
-fn text_width(text: &str, size: f64) -> i32 {
-    register_font();
-    let font: FontDesc = (FONT, size).into_font();
-    font.box_size(text).map_or(
-        (text.chars().count() as f64 * size * 0.6) as i32,
-        |(w, _)| w as i32,
-    )
-}
-
-fn colour(w: f32) -> RGBColor {
-    ViridisRGB.get_color(w.clamp(0.0, 1.0))
-}
-
-fn paint<DB: DrawingBackend>(
-    root: &DrawingArea<DB, Shift>,
-    layout: &Layout,
-    src: &[String],
-    tgt: &[String],
-    panels: &[(String, Vec<Vec<f32>>)],
-) -> Result<()>
-where
-    DB::ErrorType: 'static,
-{
-    let err = |e: DrawingAreaErrorKind<DB::ErrorType>| anyhow::anyhow!("{e}");
-    root.fill(&WHITE).map_err(err)?;
-    let label = TextStyle::from((FONT, LABEL_SIZE).into_font()).color(&BLACK);
-    let title = TextStyle::from((FONT, TITLE_SIZE).into_font()).color(&BLACK);
-    for (k, (name, weights)) in panels.iter().enumerate() {
-        let (x0, y0) = layout.origin(k);
-        root.draw(&Text::new(
-            name.clone(),
-            (x0, y0 - layout.top + 4),
-            title.pos(Pos::new(HPos::Left, VPos::Top)),
-        ))
-        .map_err(err)?;
-        for (t, row) in weights.iter().enumerate() {
-            for (s, &w) in row.iter().enumerate() {
-                let (x, y) = (x0 + CELL * s as i32, y0 + CELL * t as i32);
-                root.draw(&Rectangle::new(
-                    [(x, y), (x + CELL, y + CELL)],
-                    colour(w).filled(),
-                ))
-                .map_err(err)?;
-            }
-        }
-        root.draw(&Rectangle::new(
-            [(x0, y0), (x0 + layout.grid_w, y0 + layout.grid_h)],
-            BLACK.stroke_width(1),
-        ))
-        .map_err(err)?;
-        for (t, name) in tgt.iter().enumerate() {
-            root.draw(&Text::new(
-                name.clone(),
-                (x0 - 6, y0 + CELL * t as i32 + CELL / 2),
-                label.pos(Pos::new(HPos::Right, VPos::Center)),
-            ))
-            .map_err(err)?;
-        }
-        for (s, name) in src.iter().enumerate() {
-            // Read bottom to top, ending just above the column.
-            root.draw(&Text::new(
-                name.clone(),
-                (x0 + CELL * s as i32 + CELL / 2, y0 - 6),
-                label
-                    .transform(FontTransform::Rotate270)
-                    .pos(Pos::new(HPos::Left, VPos::Center)),
-            ))
-            .map_err(err)?;
-        }
-    }
-    // Colour scale: probability 0 (bottom) to 1 (top).
-    let (_, gy) = layout.origin(0);
-    let bar_x = layout.width - 70;
-    let bar_h = layout.grid_h.max(120);
-    let steps = 50;
-    for i in 0..steps {
-        let y = gy + bar_h - (i + 1) * bar_h / steps;
-        let y1 = gy + bar_h - i * bar_h / steps;
-        root.draw(&Rectangle::new(
-            [(bar_x, y), (bar_x + 16, y1)],
-            colour((i as f32 + 0.5) / steps as f32).filled(),
-        ))
-        .map_err(err)?;
-    }
-    for v in [0.0, 0.5, 1.0] {
-        let y = gy + bar_h - (v * bar_h as f64) as i32;
-        root.draw(&Text::new(
-            format!("{v:.1}"),
-            (bar_x + 22, y),
-            label.pos(Pos::new(HPos::Left, VPos::Center)),
-        ))
-        .map_err(err)?;
-    }
-    Ok(())
 }

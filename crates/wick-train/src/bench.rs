@@ -8,15 +8,15 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 use wick_model::{
-    DropoutRng, Memory, NormPosition, ParamStore, Seq2Seq, Transformer, TransformerConfig, Tying,
-    VocabSizes,
+    DropoutRng, Memory, Model, ModelConfig, ParamStore, ProductShape, Seq2Seq, VocabSizes,
 };
 
 use crate::optim::AdamW;
 use crate::run::memory_mb;
 
-/// Benchmark model sizes (post-norm, sinusoidal positions, all embeddings tied, dropout 0.1).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+/// Benchmark model sizes: Transformers, post-norm, sinusoidal positions, all embeddings tied,
+/// dropout 0.1.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Preset {
     /// d_model 128, 4 heads, 2+2 layers, d_ff 512, vocabulary 8000.
     Tiny,
@@ -27,32 +27,48 @@ pub enum Preset {
 }
 
 impl Preset {
-    pub fn config(self) -> (TransformerConfig, usize) {
+    pub const ALL: [Preset; 3] = [Preset::Tiny, Preset::Small, Preset::Base];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Preset::Tiny => "tiny",
+            Preset::Small => "small",
+            Preset::Base => "base",
+        }
+    }
+
+    /// The preset's `[model]` and vocabulary size.
+    pub fn config(self) -> (ModelConfig, usize) {
         let (d, h, l, ff, v) = match self {
             Preset::Tiny => (128, 4, 2, 512, 8000),
             Preset::Small => (256, 8, 3, 1024, 8000),
             Preset::Base => (512, 8, 6, 2048, 16000),
         };
-        let cfg = TransformerConfig {
-            d_model: d,
-            n_heads: h,
-            encoder_layers: l,
-            decoder_layers: l,
-            d_ff: ff,
-            dropout: 0.1,
-            attention_dropout: 0.0,
-            activation_dropout: 0.0,
-            norm: NormPosition::Post,
-            tie_embeddings: Tying::All,
-            max_positions: 256,
-            layer_norm_eps: 1e-5,
-        };
+        let text = format!(
+            "arch = \"transformer\"\nd_model = {d}\nn_heads = {h}\nencoder_layers = {l}\n\
+             decoder_layers = {l}\nd_ff = {ff}\ndropout = 0.1\nattention_dropout = 0.0\n\
+             activation_dropout = 0.0\nnorm = \"post\"\ntie_embeddings = \"all\"\n\
+             max_positions = 256\nlayer_norm_eps = 1e-5"
+        );
+        // The text is fixed here; a failure is a bug every bench test would catch.
+        let cfg = ModelConfig::parse(&text).unwrap_or_default();
         (cfg, v)
     }
 }
 
+impl std::str::FromStr for Preset {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Preset::ALL
+            .into_iter()
+            .find(|p| p.name() == s)
+            .ok_or_else(|| format!("unknown preset `{s}` (expected tiny, small or base)"))
+    }
+}
+
 pub struct BenchRequest {
-    pub model: TransformerConfig,
+    pub model: ModelConfig,
     pub vocab: usize,
     pub batch_size: usize,
     pub src_len: usize,
@@ -81,7 +97,8 @@ pub struct BenchReport {
     /// Slices of sentences the batch ran as (`wick_train::step`).
     pub shards: usize,
     pub tgt_tokens_per_s: f64,
-    /// Matmul FLOPs of forward + backward, per second.
+    /// Matmul FLOPs of forward + backward, per second (0 for architectures that do not
+    /// count them).
     pub gflops: f64,
     pub peak_rss_mb: Option<f64>,
     /// Peak RSS minus the RSS before the model was built.
@@ -89,18 +106,13 @@ pub struct BenchReport {
 }
 
 /// A seeded, randomly initialised model of `cfg` with one vocabulary of `vocab` for both sides.
-fn random_model(
-    cfg: &TransformerConfig,
-    vocab: usize,
-    device: &Device,
-) -> Result<(ParamStore, Transformer)> {
+fn random_model(cfg: &ModelConfig, vocab: usize, device: &Device) -> Result<(ParamStore, Model)> {
     let store = ParamStore::new(1);
     let vocab = VocabSizes {
         src: vocab,
         tgt: vocab,
     };
-    let model = Transformer::new(
-        cfg,
+    let model = cfg.build(
         vocab,
         DropoutRng::new(2),
         store.var_builder(DType::F32, device),
@@ -129,18 +141,6 @@ impl RandomIds {
             .collect::<Vec<u32>>();
         Ok(Tensor::from_vec(ids, (rows, cols), device)?)
     }
-}
-
-/// Matmul FLOPs of one forward pass (backward is counted as twice this).
-pub fn forward_flops(cfg: &TransformerConfig, vocab: usize, b: usize, s: usize, t: usize) -> f64 {
-    let (d, ff) = (cfg.d_model as f64, cfg.d_ff as f64);
-    let (b, s, t, v) = (b as f64, s as f64, t as f64, vocab as f64);
-    let enc = 2.0 * b * s * (4.0 * d * d + 2.0 * d * ff) + 4.0 * b * s * s * d;
-    let dec = 2.0 * b * t * (4.0 * d * d + 2.0 * d * d + 2.0 * d * ff)
-        + 2.0 * b * s * 2.0 * d * d
-        + 4.0 * b * t * t * d
-        + 4.0 * b * t * s * d;
-    cfg.encoder_layers as f64 * enc + cfg.decoder_layers as f64 * dec + 2.0 * b * t * d * v
 }
 
 pub fn bench_train(req: BenchRequest) -> Result<BenchReport> {
@@ -200,7 +200,12 @@ pub fn bench_train(req: BenchRequest) -> Result<BenchReport> {
     };
     times.sort_by(f64::total_cmp);
     let median = times[times.len() / 2];
-    let flops = 3.0 * forward_flops(&req.model, req.vocab, b, s, t);
+    let vocab = VocabSizes {
+        src: req.vocab,
+        tgt: req.vocab,
+    };
+    let cost = req.model.step_cost(vocab, b, s, t);
+    let flops = 3.0 * cost.map_or(0.0, |c| c.forward_flops);
     let (peak, _) = memory_mb();
     Ok(BenchReport {
         params: store.n_params(),
@@ -234,7 +239,7 @@ pub struct DecodeTiming {
     pub sentences_per_s: f64,
     pub tokens_per_s: f64,
     /// With `--preset`: the time taken, once per model and before the timed repeats, to lay
-    /// the model's weights out for decoding ([`Transformer::for_decoding`]), not part of
+    /// the model's weights out for decoding ([`Seq2Seq::for_decoding`]), not part of
     /// `seconds`. With `--run` it is paid once per repeat, inside `seconds`, as in
     /// `wick translate`.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -255,7 +260,7 @@ pub struct DecodeBenchRequest<'a> {
 /// Times greedy (cached and, optionally, uncached) and beam decoding of `sources` with the
 /// run's `[decode]` settings, batching as `wick translate` does; the best of `repeats`.
 pub fn bench_decode(req: DecodeBenchRequest) -> Result<Vec<DecodeTiming>> {
-    use crate::translate::{SPECIAL_IDS, decode_batches};
+    use crate::translator::{SPECIAL_IDS, decode_batches};
     use wick_model::search::{BeamConfig, beam_search, greedy, greedy_uncached};
 
     let model = req.run.load_model(&req.which, req.device)?;
@@ -275,7 +280,7 @@ pub fn bench_decode(req: DecodeBenchRequest) -> Result<Vec<DecodeTiming>> {
         let mut outputs = Vec::new();
         for _ in 0..req.repeats.max(1) {
             let start = Instant::now();
-            let search = |model: &Transformer, memory: &Memory, max_len: &[usize]| {
+            let search = |model: &Model, memory: &Memory, max_len: &[usize]| {
                 Ok(match mode.as_str() {
                     "greedy" => greedy(model, memory, SPECIAL_IDS, max_len)?,
                     "greedy-uncached" => greedy_uncached(model, memory, SPECIAL_IDS, max_len)?,
@@ -295,7 +300,9 @@ pub fn bench_decode(req: DecodeBenchRequest) -> Result<Vec<DecodeTiming>> {
                     .collect(),
                 })
             };
-            outputs = decode_batches(&model, tok, decode, &req.sources, search)?;
+            // Laid out inside the timing, as every `wick translate` call does.
+            let laid_out = model.for_decoding()?;
+            outputs = decode_batches(&laid_out, tok, decode, &req.sources, search)?;
             best = best.min(start.elapsed().as_secs_f64());
         }
         // The cache must not change a single output; check it while we have both.
@@ -323,7 +330,7 @@ pub fn bench_decode(req: DecodeBenchRequest) -> Result<Vec<DecodeTiming>> {
 /// `wick bench decode --preset`: decoding speed of a randomly initialised preset model on a
 /// fixed shape, comparable with any other implementation of the same model.
 pub struct PresetDecodeRequest {
-    pub model: TransformerConfig,
+    pub model: ModelConfig,
     pub vocab: usize,
     pub batch_size: usize,
     pub src_len: usize,
@@ -405,88 +412,41 @@ pub fn bench_decode_preset(req: PresetDecodeRequest) -> Result<Vec<DecodeTiming>
     Ok(out)
 }
 
-/// One matrix product of a training step, `(m×k)·(k×n)`, done `count` times per step. The
-/// operands are laid out as the step has them: `lhs_t` / `rhs_t` mean the operand is the
-/// transposed view of a row-major `(k×m)` / `(n×k)` matrix (e.g. `x·Wᵀ` with `W` stored
-/// `(out, in)`).
-#[derive(Clone, Debug, Serialize)]
-pub struct MatmulShape {
-    pub name: String,
-    /// `forward` or `backward`.
-    pub pass: &'static str,
-    pub m: usize,
-    pub k: usize,
-    pub n: usize,
-    pub lhs_t: bool,
-    pub rhs_t: bool,
-    pub count: usize,
-}
-
-/// The products of the step's linear layers and output projection (forward `x·Wᵀ`; backward
-/// `dY·W` and `dYᵀ·x`). The attention core's products are left out: they run inside the
-/// fused attention kernel.
-pub fn step_products(
-    cfg: &TransformerConfig,
-    vocab: usize,
-    b: usize,
-    s: usize,
-    t: usize,
-) -> Vec<MatmulShape> {
-    let (d, ff) = (cfg.d_model, cfg.d_ff);
-    let (enc, dec) = (cfg.encoder_layers, cfg.decoder_layers);
-    let (ns, nt) = (b * s, b * t);
-    let mut out = Vec::new();
-    let mut linear = |name: &str, rows: usize, d_in: usize, d_out: usize, count: usize| {
-        if count == 0 {
-            return;
-        }
-        let shape = |suffix: &str, pass, (m, k, n), (lhs_t, rhs_t)| MatmulShape {
-            name: format!("{name}{suffix}"),
-            pass,
-            m,
-            k,
-            n,
-            lhs_t,
-            rhs_t,
-            count,
-        };
-        out.push(shape("", "forward", (rows, d_in, d_out), (false, true)));
-        out.push(shape(
-            " dX",
-            "backward",
-            (rows, d_out, d_in),
-            (false, false),
-        ));
-        out.push(shape(" dW", "backward", (d_out, rows, d_in), (true, false)));
-    };
-    linear("encoder qkv", ns, d, 3 * d, enc);
-    linear("encoder out", ns, d, d, enc);
-    linear("encoder fc1", ns, d, ff, enc);
-    linear("encoder fc2", ns, ff, d, enc);
-    linear("decoder qkv", nt, d, 3 * d, dec);
-    linear("decoder out", nt, d, d, 2 * dec);
-    linear("decoder q", nt, d, d, dec);
-    linear("decoder memory kv", ns, d, 2 * d, dec);
-    linear("decoder fc1", nt, d, ff, dec);
-    linear("decoder fc2", nt, ff, d, dec);
-    linear("output projection", nt, d, vocab, 1);
-    out
-}
-
 /// The median time of one shape in `wick bench matmul`.
 #[derive(Clone, Debug, Serialize)]
 pub struct MatmulTiming {
     #[serde(flatten)]
-    pub shape: MatmulShape,
+    pub shape: ProductShape,
     /// Median milliseconds of one product.
     pub ms: f64,
     pub gflops: f64,
 }
 
+/// The products of a training step of `cfg` on a `b × (s + t)` batch, and the FLOPs of its
+/// forward pass.
+pub fn step_cost(
+    cfg: &ModelConfig,
+    vocab: usize,
+    b: usize,
+    s: usize,
+    t: usize,
+) -> Result<wick_model::StepCost> {
+    let vocab = VocabSizes {
+        src: vocab,
+        tgt: vocab,
+    };
+    cfg.step_cost(vocab, b, s, t).ok_or_else(|| {
+        anyhow::anyhow!(
+            "arch = \"{}\" does not list the products of its training step",
+            cfg.arch()
+        )
+    })
+}
+
 /// Times each product with the matmul of wick's kernels (`wick_model::ops::matmul`) on random
 /// operands, `repeats` times after two warm-up runs, median.
 pub fn bench_matmul(
-    shapes: &[MatmulShape],
+    shapes: &[ProductShape],
     repeats: usize,
     device: &Device,
 ) -> Result<Vec<MatmulTiming>> {

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use wick_data::synthetic::SyntheticSpec;
 use wick_data::{CorpusSpec, OnBadLine};
-use wick_model::TransformerConfig;
+use wick_model::{DataShape, ModelConfig};
 
 /// The configuration `wick train` uses when given no `--config`.
 pub const EMBEDDED_DEFAULT: &str = include_str!("../../../configs/toy.toml");
@@ -41,8 +41,9 @@ fn invalid(key: &str, message: impl Into<String>) -> ConfigError {
 pub struct Config {
     #[serde(default)]
     pub data: DataConfig,
+    /// `arch` and the architecture's own keys (`wick_model::registry`).
     #[serde(default)]
-    pub model: TransformerConfig,
+    pub model: ModelConfig,
     #[serde(default)]
     pub train: TrainConfig,
     #[serde(default)]
@@ -243,6 +244,38 @@ impl Default for DecodeConfig {
     }
 }
 
+impl DecodeConfig {
+    /// Checks the settings, naming the offending key: `(key, message)`.
+    fn check(&self) -> Result<(), (&'static str, String)> {
+        let err = |key, message: &str| Err((key, message.to_string()));
+        if !(self.max_len_a >= 0.0 && self.max_len_a.is_finite()) {
+            return err("max_len_a", "must be a non-negative number");
+        }
+        if self.beam == 0 {
+            return err("beam", "must be at least 1");
+        }
+        if !(self.length_penalty >= 0.0 && self.length_penalty.is_finite()) {
+            return err("length_penalty", "must be a non-negative number");
+        }
+        if self.batch_tokens == 0 {
+            return err("batch_tokens", "must be positive");
+        }
+        if self.n_best == 0 || self.n_best > self.beam {
+            return Err((
+                "n_best",
+                format!("must be between 1 and decode.beam ({})", self.beam),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Checks the settings; the error names the key (`decode.beam: must be at least 1`).
+    pub fn validate(&self) -> Result<(), String> {
+        self.check()
+            .map_err(|(key, message)| format!("decode.{key}: {message}"))
+    }
+}
+
 /// Sets `path` (dotted) in a TOML table, creating tables on the way.
 fn set_path(table: &mut toml::Table, text: &str) -> Result<(), ConfigError> {
     let err = |message: &str| ConfigError::Override {
@@ -355,62 +388,18 @@ impl Config {
         if d.max_len == 0 {
             return Err(invalid("data.max_len", "must be positive"));
         }
-        let m = &self.model;
-        if m.d_model == 0 || m.n_heads == 0 {
-            return Err(invalid(
-                "model.d_model",
-                "d_model and n_heads must be positive",
-            ));
-        }
-        if !m.d_model.is_multiple_of(m.n_heads) {
-            return Err(invalid(
-                "model.d_model",
-                format!(
-                    "{} must be divisible by model.n_heads = {}",
-                    m.d_model, m.n_heads
-                ),
-            ));
-        }
-        if !m.d_model.is_multiple_of(2) {
-            return Err(invalid(
-                "model.d_model",
-                format!("must be even (sinusoidal positions), got {}", m.d_model),
-            ));
-        }
-        if m.d_ff == 0 || m.encoder_layers == 0 || m.decoder_layers == 0 {
-            return Err(invalid(
-                "model.d_ff",
-                "d_ff, encoder_layers and decoder_layers must be positive",
-            ));
-        }
-        for (key, p) in [
-            ("model.dropout", m.dropout),
-            ("model.attention_dropout", m.attention_dropout),
-            ("model.activation_dropout", m.activation_dropout),
-        ] {
-            if !(0.0..1.0).contains(&p) {
-                return Err(invalid(key, format!("must be in [0, 1), got {p}")));
-            }
-        }
-        if m.tie_embeddings == wick_model::Tying::All && !d.joint_vocab {
-            return Err(invalid(
-                "model.tie_embeddings",
-                "\"all\" needs data.joint_vocab = true",
-            ));
-        }
+        let shape = DataShape {
+            joint_vocab: d.joint_vocab,
+            max_len: Some(d.max_len),
+            vocab: None,
+        };
+        self.model
+            .validate(&shape)
+            .map_err(|e| invalid(&e.path(), e.message))?;
         if d.tokenizer.is_some() && !d.joint_vocab {
             return Err(invalid(
                 "data.tokenizer",
                 "a ready tokenizer serves both sides: it needs data.joint_vocab = true",
-            ));
-        }
-        if m.max_positions < d.max_len + 2 {
-            return Err(invalid(
-                "model.max_positions",
-                format!(
-                    "{} is too small for data.max_len = {} (needs max_len + 2)",
-                    m.max_positions, d.max_len
-                ),
             ));
         }
         let t = &self.train;
@@ -471,28 +460,9 @@ impl Config {
         if t.log_every == 0 {
             return Err(invalid("train.log_every", "must be positive"));
         }
-        let dc = &self.decode;
-        if !(dc.max_len_a >= 0.0 && dc.max_len_a.is_finite()) {
-            return Err(invalid("decode.max_len_a", "must be a non-negative number"));
-        }
-        if dc.beam == 0 {
-            return Err(invalid("decode.beam", "must be at least 1"));
-        }
-        if !(dc.length_penalty >= 0.0 && dc.length_penalty.is_finite()) {
-            return Err(invalid(
-                "decode.length_penalty",
-                "must be a non-negative number",
-            ));
-        }
-        if dc.batch_tokens == 0 {
-            return Err(invalid("decode.batch_tokens", "must be positive"));
-        }
-        if dc.n_best == 0 || dc.n_best > dc.beam {
-            return Err(invalid(
-                "decode.n_best",
-                format!("must be between 1 and decode.beam ({})", dc.beam),
-            ));
-        }
+        self.decode
+            .check()
+            .map_err(|(key, message)| invalid(&format!("decode.{key}"), message))?;
         Ok(())
     }
 }

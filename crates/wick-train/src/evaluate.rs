@@ -9,13 +9,14 @@ use serde::Serialize;
 use wick_data::Pair;
 use wick_data::corpus::read_lines;
 
-use crate::metrics::{
+use wick_metrics::{
     BleuOptions, BleuStats, ChrfOptions, ChrfStats, ConfidenceInterval, bleu_chrf_intervals,
     bleu_from_stats, bleu_segments, chrf_segments, chrf_signature,
 };
+
 use crate::prepare::{Split, load_split};
 use crate::run::{Run, Which};
-use crate::translate::{translate, translate_nbest};
+use crate::translator::{Translator, source_limit};
 
 /// Bootstrap resamples for the confidence intervals, and their seed (fixed, so two
 /// evaluations of the same output print the same interval).
@@ -151,17 +152,19 @@ pub fn evaluate(req: EvalRequest) -> Result<EvalReport> {
         bail!("nothing to evaluate: the split is empty")
     }
     let model = run.load_model(&req.which, req.device)?;
+    // Timed from the layout for decoding on, as a `wick translate` call would be.
     let start = Instant::now();
     let sources: Vec<String> = pairs.iter().map(|p| p.src.clone()).collect();
     let decode = &run.config.decode;
+    let translator = Translator::from_model(&model, run.tokenizers.clone(), decode.clone())?;
     let nbest = if decode.n_best > 1 {
-        Some(translate_nbest(&model, &run.tokenizers, decode, &sources)?)
+        Some(translator.translate_nbest(&sources)?)
     } else {
         None
     };
     let hyps = match &nbest {
-        Some(lists) => lists.iter().map(|l| l[0].0.clone()).collect(),
-        None => translate(&model, &run.tokenizers, decode, &sources)?,
+        Some(lists) => lists.iter().map(|l| l[0].text.clone()).collect(),
+        None => translator.translate(&sources)?,
     };
     let seconds = start.elapsed().as_secs_f64();
     let refs = vec![pairs.iter().map(|p| p.tgt.clone()).collect::<Vec<_>>()];
@@ -188,8 +191,8 @@ pub fn evaluate(req: EvalRequest) -> Result<EvalReport> {
     let chrf_signature = chrf_signature(chrf_opts, 1);
     let exact =
         hyps.iter().zip(&refs[0]).filter(|(h, r)| h == r).count() as f64 / hyps.len() as f64;
-    // Forced decoding of the references; pairs too long for the position table are left out.
-    let max_len = run.config.model.max_positions - 2;
+    // Forced decoding of the references; pairs too long for the model are left out.
+    let max_len = source_limit(&model) - 2;
     let (examples, _) = crate::prepare::encode_pairs(&run.tokenizers, &pairs, Some(max_len))?;
     let (_, ref_ppl, ref_token_acc) =
         crate::trainer::evaluate_loss(&model, &examples, &run.config)?;
@@ -215,8 +218,8 @@ pub fn evaluate(req: EvalRequest) -> Result<EvalReport> {
         Some(lists) => {
             let mut text = String::new();
             for (i, list) in lists.iter().enumerate() {
-                for (hyp, score) in list {
-                    text.push_str(&format!("{i}\t{score:.4}\t{hyp}\n"));
+                for c in list {
+                    text.push_str(&format!("{i}\t{:.4}\t{}\n", c.score, c.text));
                 }
             }
             let mut name = hyp_file.clone().into_os_string();

@@ -2,16 +2,17 @@
 //! that can be saved and restored. Written by hand because candle-nn's `AdamW` decays every
 //! variable and does not expose its moments.
 //!
-//! On the CPU in f32 an update is two in-place passes per parameter (moments, then weights)
-//! instead of about a dozen Candle ops that each allocate a parameter-sized tensor; that
-//! composed form ([`AdamW::step_composed`]) stays for other devices and as the tests'
-//! reference.
+//! On the kernel path an update is two in-place passes per parameter (moments, then weights;
+//! `wick_kernels::adamw`) instead of about a dozen Candle ops that each allocate a
+//! parameter-sized tensor; the composed form ([`AdamW::step_composed`]) runs elsewhere and is
+//! the tests' reference.
 
 use std::collections::HashMap;
 
 use candle_core::backprop::GradStore;
-use candle_core::{CpuStorage, DType, InplaceOp2, Layout, Result, Storage, Tensor, Var, bail};
-use rayon::prelude::*;
+use candle_core::{DType, Result, Tensor, Var};
+use wick_kernels::adamw::{self, Coefficients};
+use wick_model::ops;
 
 struct Param {
     name: String,
@@ -26,141 +27,6 @@ impl Param {
     fn moment(&self, i: usize) -> Result<Tensor> {
         self.moments.get(i)?.reshape(self.var.shape())
     }
-}
-
-/// One update's coefficients, in the f32 the kernels compute in.
-#[derive(Clone, Copy, Debug)]
-struct Coefficients {
-    beta1: f32,
-    beta2: f32,
-    grad_scale: f32,
-    bias1: f32,
-    bias2: f32,
-    eps: f32,
-    lr: f32,
-    /// `1 − lr·weight_decay`, or 1 for parameters that are not decayed.
-    keep: f32,
-}
-
-/// Elements per parallel task: large enough that a task outweighs its scheduling.
-const CHUNK: usize = 1 << 14;
-
-fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
-    match (s, l.contiguous_offsets()) {
-        (CpuStorage::F32(v), Some((a, b))) => Ok(&v[a..b]),
-        _ => bail!("AdamW: {what} must be a contiguous f32 tensor"),
-    }
-}
-
-fn f32_slice_mut<'a>(s: &'a mut CpuStorage, l: &Layout, what: &str) -> Result<&'a mut [f32]> {
-    match (s, l.contiguous_offsets()) {
-        (CpuStorage::F32(v), Some((a, b))) => Ok(&mut v[a..b]),
-        _ => bail!("AdamW: {what} must be a contiguous f32 tensor"),
-    }
-}
-
-/// The `(2, n)` moments of an `n`-element parameter.
-fn check_moments(moments: usize, n: usize) -> Result<()> {
-    if moments != 2 * n {
-        bail!("AdamW: {moments} moments for a parameter of {n} elements")
-    }
-    Ok(())
-}
-
-/// m ← β₁m + (1−β₁)g, v ← β₂v + (1−β₂)g², with g the scaled gradient; in place on the
-/// `(2, n)` moments.
-struct UpdateMoments(Coefficients);
-
-#[multiversion::multiversion(targets("x86_64+avx2+fma"))]
-fn update_moments(m: &mut [f32], v: &mut [f32], g: &[f32], c: Coefficients) {
-    for ((m, v), &g) in m.iter_mut().zip(v.iter_mut()).zip(g) {
-        let g = g * c.grad_scale;
-        *m = *m * c.beta1 + g * (1.0 - c.beta1);
-        *v = *v * c.beta2 + g * g * (1.0 - c.beta2);
-    }
-}
-
-impl InplaceOp2 for UpdateMoments {
-    fn name(&self) -> &'static str {
-        "wick-adamw-moments"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &mut CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<()> {
-        let mv = f32_slice_mut(s1, l1, "moments")?;
-        let g = f32_slice(s2, l2, "gradient")?;
-        check_moments(mv.len(), g.len())?;
-        let (m, v) = mv.split_at_mut(g.len());
-        m.par_chunks_mut(CHUNK)
-            .zip(v.par_chunks_mut(CHUNK))
-            .zip(g.par_chunks(CHUNK))
-            .for_each(|((m, v), g)| update_moments(m, v, g, self.0));
-        Ok(())
-    }
-}
-
-/// θ ← keep·θ − lr·m̂/(√v̂ + ε), in place on the parameter.
-struct ApplyUpdate(Coefficients);
-
-#[multiversion::multiversion(targets("x86_64+avx2+fma"))]
-fn apply_update(theta: &mut [f32], m: &[f32], v: &[f32], c: Coefficients) {
-    for ((t, &m), &v) in theta.iter_mut().zip(m).zip(v) {
-        let step = (m / c.bias1) / ((v / c.bias2).sqrt() + c.eps);
-        *t = *t * c.keep - step * c.lr;
-    }
-}
-
-impl InplaceOp2 for ApplyUpdate {
-    fn name(&self) -> &'static str {
-        "wick-adamw-apply"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &mut CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<()> {
-        let theta = f32_slice_mut(s1, l1, "parameter")?;
-        let mv = f32_slice(s2, l2, "moments")?;
-        check_moments(mv.len(), theta.len())?;
-        let (m, v) = mv.split_at(theta.len());
-        theta
-            .par_chunks_mut(CHUNK)
-            .zip(m.par_chunks(CHUNK))
-            .zip(v.par_chunks(CHUNK))
-            .for_each(|((t, m), v)| apply_update(t, m, v, self.0));
-        Ok(())
-    }
-}
-
-/// Σ x² of a contiguous f32 CPU tensor, in f64 across chunks; `None` for other tensors.
-fn cpu_sum_squares(t: &Tensor) -> Option<f64> {
-    #[multiversion::multiversion(targets("x86_64+avx2+fma"))]
-    fn chunk_sum(x: &[f32]) -> f64 {
-        // Eight f32 lanes so that the loop vectorises; a chunk is short enough for f32.
-        let mut lanes = [0f32; 8];
-        let mut blocks = x.chunks_exact(8);
-        for b in &mut blocks {
-            for (l, &v) in lanes.iter_mut().zip(b) {
-                *l += v * v;
-            }
-        }
-        let tail: f32 = blocks.remainder().iter().map(|v| v * v).sum();
-        lanes.iter().map(|&l| l as f64).sum::<f64>() + tail as f64
-    }
-    let (storage, layout) = t.storage_and_layout();
-    let Storage::Cpu(CpuStorage::F32(data)) = &*storage else {
-        return None;
-    };
-    let (a, b) = layout.contiguous_offsets()?;
-    Some(data[a..b].par_chunks(CHUNK).map(chunk_sum).sum())
 }
 
 pub struct AdamW {
@@ -208,27 +74,58 @@ impl AdamW {
         self.step
     }
 
-    /// Global L2 norm of the gradients of all parameters (one host sync).
-    pub fn grad_norm(&self, grads: &GradStore) -> Result<f64> {
+    /// Σ g² over the gradients of all parameters: in f64 on the host where the kernels run,
+    /// else as a scalar f32 tensor on the gradients' device (never F64 there: Metal has none).
+    fn grad_square_sum(&self, grads: &GradStore) -> Result<(f64, Option<Tensor>)> {
         let mut host = 0f64;
-        let mut sum: Option<Tensor> = None;
+        let mut device: Option<Tensor> = None;
         for p in &self.params {
-            if let Some(g) = grads.get(p.var.as_tensor()) {
-                if let Some(s) = cpu_sum_squares(g) {
-                    host += s;
-                    continue;
-                }
-                let s = g.sqr()?.sum_all()?;
-                sum = Some(match sum {
-                    Some(acc) => (acc + s)?,
-                    None => s,
-                });
+            let Some(g) = grads.get(p.var.as_tensor()) else {
+                continue;
+            };
+            if ops::use_kernels(g) {
+                host += adamw::sum_squares(&g.contiguous()?)?;
+                continue;
             }
+            let s = g.to_dtype(DType::F32)?.sqr()?.sum_all()?;
+            device = Some(match device {
+                Some(acc) => (acc + s)?,
+                None => s,
+            });
         }
-        if let Some(s) = sum {
-            host += s.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-        }
-        Ok(host.sqrt())
+        Ok((host, device))
+    }
+
+    /// Global L2 norm of the gradients of all parameters.
+    pub fn grad_norm(&self, grads: &GradStore) -> Result<f64> {
+        Ok(self.loss_and_grad_norm(None, grads)?.1)
+    }
+
+    /// An update's loss (a scalar tensor) and the global gradient norm on the host, in one
+    /// read from the device: the read an update cannot do without, since clipping and the
+    /// check for a non-finite update come before the update is applied.
+    pub fn loss_and_grad_norm(
+        &self,
+        loss: Option<&Tensor>,
+        grads: &GradStore,
+    ) -> Result<(f64, f64)> {
+        let (host, device) = self.grad_square_sum(grads)?;
+        let loss_part = loss
+            .map(|l| l.to_dtype(DType::F32)?.reshape(1))
+            .transpose()?;
+        let device_part = device.map(|d| d.reshape(1)).transpose()?;
+        let parts: Vec<&Tensor> = loss_part.iter().chain(device_part.iter()).collect();
+        let read = match parts.is_empty() {
+            true => Vec::new(),
+            false => Tensor::cat(&parts, 0)?.to_vec1::<f32>()?,
+        };
+        let mut read = read.into_iter().map(f64::from);
+        let loss = match loss_part {
+            Some(_) => read.next().unwrap_or(f64::NAN),
+            None => 0.0,
+        };
+        let device_sum = read.next().unwrap_or(0.0);
+        Ok((loss, (host + device_sum).sqrt()))
     }
 
     fn coefficients(&self, lr: f64, grad_scale: f64) -> Coefficients {
@@ -251,7 +148,7 @@ impl AdamW {
         let fused = self
             .params
             .iter()
-            .all(|p| p.var.device().is_cpu() && p.var.dtype() == DType::F32);
+            .all(|p| ops::use_kernels(p.var.as_tensor()));
         if !fused {
             return self.step_composed(grads, lr, grad_scale);
         }
@@ -266,10 +163,8 @@ impl AdamW {
             } else {
                 1.0
             };
-            p.moments.inplace_op2(&g.contiguous()?, &UpdateMoments(c))?;
-            p.var
-                .as_tensor()
-                .inplace_op2(&p.moments, &ApplyUpdate(Coefficients { keep, ..c }))?;
+            adamw::update_moments(&p.moments, g, c)?;
+            adamw::apply_update(p.var.as_tensor(), &p.moments, Coefficients { keep, ..c })?;
         }
         Ok(())
     }

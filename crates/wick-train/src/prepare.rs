@@ -6,7 +6,8 @@ use wick_data::{BadLine, CorpusSpec, Example, Pair, SubwordTokenizer};
 use crate::config::Config;
 use crate::run::Tokenizers;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+/// A split of a run's data.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Split {
     Train,
     Dev,
@@ -14,12 +15,25 @@ pub enum Split {
 }
 
 impl Split {
+    pub const ALL: [Split; 3] = [Split::Train, Split::Dev, Split::Test];
+
     pub fn name(self) -> &'static str {
         match self {
             Split::Train => "train",
             Split::Dev => "dev",
             Split::Test => "test",
         }
+    }
+}
+
+impl std::str::FromStr for Split {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Split::ALL
+            .into_iter()
+            .find(|split| split.name() == s)
+            .ok_or_else(|| format!("unknown split `{s}` (expected train, dev or test)"))
     }
 }
 

@@ -14,6 +14,10 @@
 //! run in shard order, so a run gives the same numbers with any number of threads. Each shard
 //! draws its dropout masks from its own stream; the first shard's is the model's (the one
 //! checkpoints save), the others are reseeded from it at every batch.
+//!
+//! [`add_grads`] is the one place where gradients of separately computed parts of an update
+//! meet: shards, and batches accumulated into one update. Data-parallel training across
+//! processes or GPUs would all-reduce there.
 
 use std::ops::Range;
 
@@ -21,9 +25,8 @@ use candle_core::backprop::GradStore;
 use candle_core::{DType, Device};
 use candle_core::{Result, Tensor, Var};
 use rayon::prelude::*;
-use wick_model::{DropoutRng, ParamStore, Seq2Seq, Transformer, TransformerConfig};
-
-use crate::loss::{LossSums, projected_label_smoothed_cross_entropy};
+use wick_model::loss::{LossSums, projected_label_smoothed_cross_entropy};
+use wick_model::{DropoutRng, Model, ModelConfig, ParamStore, Seq2Seq, ops};
 
 /// Slices of sentences each training batch is cut into by default (`train.shards`; fewer when a
 /// batch has fewer sentences): one per core of the 2-core machines this was measured on.
@@ -56,24 +59,24 @@ impl From<&wick_data::Batch> for ShardInput {
 }
 
 /// `model` followed by `shards − 1` replicas on the same parameters (built from `store`), each
-/// with a dropout stream of its own; one replica on devices other than the CPU, where the
-/// shards would only take turns on the same device.
+/// with a dropout stream of its own; one replica off the kernel path (a GPU, or the forced
+/// reference path), where the shards would only take turns on the same device.
 pub fn replicas(
-    model: &Transformer,
-    cfg: &TransformerConfig,
+    model: &Model,
+    cfg: &ModelConfig,
     store: &ParamStore,
     device: &Device,
     shards: usize,
-) -> Result<Vec<Transformer>> {
-    let shards = if device.is_cpu() { shards.max(1) } else { 1 };
+) -> Result<Vec<Model>> {
+    let shards = if ops::kernels_on(device) {
+        shards.max(1)
+    } else {
+        1
+    };
     let mut out = vec![model.clone()];
     for _ in 1..shards {
-        out.push(Transformer::new(
-            cfg,
-            model.vocab(),
-            DropoutRng::new(0),
-            store.var_builder(DType::F32, device),
-        )?);
+        let vb = store.var_builder(DType::F32, device);
+        out.push(cfg.build(model.vocab(), DropoutRng::new(0), vb)?);
     }
     Ok(out)
 }
@@ -116,7 +119,8 @@ pub fn shard_ranges(weights: &[usize], parts: usize) -> Vec<Range<usize>> {
 }
 
 /// Adds `other`'s gradient of each of `vars` into `acc` (a variable absent from one side keeps
-/// the other's), the sums in parallel over variables.
+/// the other's), the sums in parallel over variables. The seam where a multi-process
+/// data-parallel all-reduce would go.
 pub fn add_grads(acc: &mut GradStore, other: &GradStore, vars: &[Var]) -> Result<()> {
     let sums = vars
         .par_iter()
@@ -140,15 +144,16 @@ pub fn add_grads(acc: &mut GradStore, other: &GradStore, vars: &[Var]) -> Result
 /// Loss and gradients of one batch: shard `i` runs through `replicas[i]`, all in parallel;
 /// each shard's label-smoothed loss sum is divided by `norm_tokens` (the target tokens of the
 /// whole update), so the summed gradient is the whole batch's. Returns the gradients of
-/// `vars` and the loss. `replicas[0]` is the model whose dropout stream checkpoints save; the
-/// others share its parameters and are reseeded from it here.
+/// `vars` and the loss (a scalar tensor, on the device). `replicas[0]` is the model whose
+/// dropout stream checkpoints save; the others share its parameters and are reseeded from it
+/// here.
 pub fn batch_gradients(
-    replicas: &[Transformer],
+    replicas: &[Model],
     shards: &[ShardInput],
     norm_tokens: usize,
     label_smoothing: f64,
     vars: &[Var],
-) -> Result<(GradStore, f64)> {
+) -> Result<(GradStore, Tensor)> {
     if shards.is_empty() || shards.len() > replicas.len() {
         candle_core::bail!(
             "training step: {} shards for {} model replicas",
@@ -160,17 +165,20 @@ pub fn batch_gradients(
     for replica in &replicas[1..shards.len()] {
         replica.dropout_rng().reseed_from(main)?;
     }
+    let scope = ops::Scope::current();
     let results = shards
         .par_iter()
         .zip(replicas)
         .map(|(shard, model)| {
             let run = || shard_gradients(model, shard, norm_tokens, label_smoothing);
             // With fewer shards than threads the products still need splitting to use them all.
-            if shards.len() > 1 && shards.len() >= rayon::current_num_threads() {
-                wick_model::ops::with_whole_products(run)
-            } else {
-                run()
-            }
+            scope.enter(|| {
+                if shards.len() > 1 && shards.len() >= rayon::current_num_threads() {
+                    ops::with_whole_products(run)
+                } else {
+                    run()
+                }
+            })
         })
         .collect::<Result<Vec<_>>>()?;
     let mut results = results.into_iter();
@@ -179,23 +187,23 @@ pub fn batch_gradients(
     };
     for (g, l) in results {
         add_grads(&mut grads, &g, vars)?;
-        loss += l;
+        loss = (loss + l)?;
     }
     Ok((grads, loss))
 }
 
 /// Teacher-forced label-smoothed loss sums of `input` (`train`: with dropout).
 pub fn loss_sums(
-    model: &Transformer,
+    model: &Model,
     input: &ShardInput,
     train: bool,
     label_smoothing: f64,
 ) -> Result<LossSums> {
     let memory = model.encode(&input.src, &input.src_mask, train)?;
-    let hidden = model.hidden_t(&memory, &input.tgt_in, train)?;
+    let hidden = model.decoder_states(&memory, &input.tgt_in, train)?;
     projected_label_smoothed_cross_entropy(
         &hidden,
-        model.output_weight(),
+        &model.output_layer(),
         &input.tgt_out,
         &input.tgt_mask,
         label_smoothing,
@@ -204,15 +212,15 @@ pub fn loss_sums(
 
 /// One shard's forward, loss (divided by `norm_tokens`) and backward.
 fn shard_gradients(
-    model: &Transformer,
+    model: &Model,
     shard: &ShardInput,
     norm_tokens: usize,
     label_smoothing: f64,
-) -> Result<(GradStore, f64)> {
+) -> Result<(GradStore, Tensor)> {
     let sums = loss_sums(model, shard, true, label_smoothing)?;
     let loss = (sums.smoothed / norm_tokens as f64)?;
     let grads = loss.backward()?;
-    Ok((grads, loss.to_scalar::<f32>()? as f64))
+    Ok((grads, loss.detach()))
 }
 
 #[cfg(test)]
@@ -221,33 +229,20 @@ mod tests {
     use candle_core::{DType, Device};
     use wick_data::tokenizer::SPECIALS;
     use wick_data::{Batch, Example};
-    use wick_model::{DropoutRng, NormPosition, ParamStore, TransformerConfig, Tying, VocabSizes};
+    use wick_model::{DropoutRng, ModelConfig, ParamStore, VocabSizes};
 
-    fn tiny_replicas(store: &ParamStore, dropout: f32, n: usize) -> Result<Vec<Transformer>> {
-        let cfg = TransformerConfig {
-            d_model: 16,
-            n_heads: 2,
-            encoder_layers: 1,
-            decoder_layers: 2,
-            d_ff: 32,
-            dropout,
-            attention_dropout: dropout,
-            activation_dropout: dropout,
-            norm: NormPosition::Pre,
-            tie_embeddings: Tying::All,
-            max_positions: 32,
-            layer_norm_eps: 1e-5,
-        };
+    fn tiny_replicas(store: &ParamStore, dropout: f32, n: usize) -> Result<Vec<Model>> {
+        let cfg = ModelConfig::parse(&format!(
+            "d_model = 16\nn_heads = 2\nencoder_layers = 1\ndecoder_layers = 2\nd_ff = 32\n\
+             dropout = {dropout}\nattention_dropout = {dropout}\nactivation_dropout = {dropout}\n\
+             norm = \"pre\"\ntie_embeddings = \"all\"\nmax_positions = 32"
+        ))
+        .map_err(candle_core::Error::wrap)?;
         let vocab = VocabSizes { src: 30, tgt: 30 };
         (0..n)
             .map(|i| {
                 let rng = DropoutRng::new(7 + i as u64);
-                Transformer::new(
-                    &cfg,
-                    vocab,
-                    rng,
-                    store.var_builder(DType::F32, &Device::Cpu),
-                )
+                cfg.build(vocab, rng, store.var_builder(DType::F32, &Device::Cpu))
             })
             .collect()
     }
@@ -300,9 +295,11 @@ mod tests {
         let tokens: usize = ex.iter().map(Example::tgt_len).sum();
         let whole = shard_inputs(&ex, &[Range { start: 0, end: 5 }])?;
         let (gw, lw) = batch_gradients(&models, &whole, tokens, 0.1, &vars)?;
+        let lw = lw.to_scalar::<f32>()? as f64;
         let ranges = shard_ranges(&ex.iter().map(Example::tgt_len).collect::<Vec<_>>(), 2);
         assert_eq!(ranges.len(), 2);
         let (gs, ls) = batch_gradients(&models, &shard_inputs(&ex, &ranges)?, tokens, 0.1, &vars)?;
+        let ls = ls.to_scalar::<f32>()? as f64;
         assert!((lw - ls).abs() < 1e-5 * lw.abs(), "loss {lw} against {ls}");
         for (a, b) in flat(&gw, &vars)?.iter().zip(flat(&gs, &vars)?) {
             let top = a.iter().fold(1e-3f32, |m, x| m.max(x.abs()));
@@ -338,6 +335,7 @@ mod tests {
                 let saved = models[0].dropout_rng().state()?;
                 let step = || -> Result<Outcome> {
                     let (g, loss) = batch_gradients(&models, &inputs, 20, 0.1, &vars)?;
+                    let loss = loss.to_scalar::<f32>()? as f64;
                     use rand::Rng;
                     let next = models[0].dropout_rng().state()?.random::<u64>();
                     Ok((flat(&g, &vars)?, loss, next))

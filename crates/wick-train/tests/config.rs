@@ -93,7 +93,7 @@ fn overrides_set_nested_values_of_every_type() {
     .expect("overrides");
     assert_eq!(cfg.train.max_steps, 200);
     assert_eq!(cfg.train.lr, 5e-4);
-    assert_eq!(cfg.model.norm, wick_model::NormPosition::Pre);
+    assert_eq!(cfg.model.get("norm").and_then(|v| v.as_str()), Some("pre"));
     assert!(!cfg.data.joint_vocab);
     assert_eq!(cfg.data.src_lang, "de");
     let e = load(EMBEDDED_DEFAULT, &["no_equals_sign"])
@@ -108,4 +108,30 @@ fn all_tied_needs_a_joint_vocabulary() {
         .expect_err("tie")
         .to_string();
     assert!(e.contains("model.tie_embeddings"), "{e}");
+}
+
+#[test]
+fn model_arch_is_named_and_checked() {
+    // No `arch`: the Transformer, written out in the resolved config.
+    let cfg = load(EMBEDDED_DEFAULT, &[]).expect("cfg");
+    assert_eq!(cfg.model.arch(), "transformer");
+    assert!(cfg.to_toml().contains("arch = \"transformer\""));
+    let cfg = load(EMBEDDED_DEFAULT, &["model.arch=transformer"]).expect("explicit arch");
+    assert_eq!(cfg.model.arch(), "transformer");
+    // An unknown architecture names the key and lists the known ones.
+    let e = load(EMBEDDED_DEFAULT, &["model.arch=lstm9"])
+        .expect_err("unknown arch")
+        .to_string();
+    assert!(
+        e.contains("model.arch") && e.contains("lstm9") && e.contains("\"transformer\""),
+        "{e}"
+    );
+    // A key no architecture has: named, with the keys the architecture takes.
+    let e = load(EMBEDDED_DEFAULT, &["model.hidden_size=3"])
+        .expect_err("unknown key")
+        .to_string();
+    assert!(
+        e.contains("model.hidden_size") && e.contains("d_model"),
+        "{e}"
+    );
 }

@@ -1,0 +1,57 @@
+//! Row selection of decoding buffers: beam search reorders its caches every step.
+
+use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor, bail};
+use rayon::prelude::*;
+
+use crate::storage::{PAR_MIN_ELEMS, slice, slice_u32};
+
+struct SelectPrefix {
+    len: usize,
+}
+
+impl CustomOp2 for SelectPrefix {
+    fn name(&self) -> &'static str {
+        "wick-select-prefix"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (b, cap, w) = l1.shape().dims3()?;
+        let src = slice(s1, l1, "select-prefix buffer")?;
+        let ids = slice_u32(s2, l2, "select-prefix indices")?;
+        if self.len > cap {
+            bail!("select-prefix: {} rows of a buffer of {cap}", self.len)
+        }
+        if let Some(&i) = ids.iter().find(|&&i| i as usize >= b) {
+            bail!("select-prefix: index {i} out of range for {b} rows")
+        }
+        let (block, used) = (cap * w, self.len * w);
+        let mut out = vec![0f32; ids.len() * block];
+        let copy = |(dst, &i): (&mut [f32], &u32)| {
+            dst[..used].copy_from_slice(&src[i as usize * block..][..used]);
+        };
+        if ids.len() * used >= PAR_MIN_ELEMS {
+            out.par_chunks_mut(block.max(1)).zip(ids).for_each(copy);
+        } else {
+            out.chunks_mut(block.max(1)).zip(ids).for_each(copy);
+        }
+        Ok((CpuStorage::F32(out), Shape::from((ids.len(), cap, w))))
+    }
+}
+
+/// Rows `indices` of `buf` along dim 0, of which only the first `len` positions are copied;
+/// the rest of each row is zero. For decoding buffers that hold `len` positions in a larger
+/// capacity (beam search reorders them every step), no gradient.
+///
+/// # Shapes
+/// buf `(b, cap, w)`, indices u32 `(b',)` → `(b', cap, w)`.
+pub fn index_select_prefix(buf: &Tensor, indices: &Tensor, len: usize) -> Result<Tensor> {
+    crate::enter("index-select-prefix", &[buf])?;
+    buf.contiguous()?
+        .apply_op2_no_bwd(&indices.contiguous()?, &SelectPrefix { len })
+}

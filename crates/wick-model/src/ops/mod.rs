@@ -1,0 +1,347 @@
+//! The one place that decides, op by op, between wick's CPU kernels (`wick_kernels`) and their
+//! composed reference twins ([`reference`]: Candle ops only).
+//!
+//! ```text
+//!            layers, attention, architectures, search, loss, optimizer
+//!                                  │ ops::softmax_last_dim(x), ops::affine(…), …
+//!                                  ▼
+//!            use_kernels(x): CPU and f32 and not forced to the reference path?
+//!                 yes │                                   │ no
+//!                     ▼                                   ▼
+//!       wick_kernels (custom ops, SIMD)     ops::reference (Candle ops: CPU, CUDA, Metal)
+//! ```
+//!
+//! The reference path is what CUDA and Metal run. It can be forced on the CPU, so that the
+//! composed path is tested (and can be measured) where there is no GPU:
+//! - for a whole run, with the environment variable `WICK_REFERENCE_OPS=1`;
+//! - for a piece of code, with [`with_reference_ops`], on the calling thread and in the work
+//!   it hands to other threads through [`Scope`]. Kernels are then barred on that thread, so
+//!   a kernel reached by mistake fails loudly instead of running quietly.
+//!
+//! Both paths compute the same function; `tests/ops.rs` holds every kernel to its twin,
+//! forward and backward.
+
+pub mod reference;
+
+use std::sync::OnceLock;
+
+use candle_core::{DType, Device, Result, Tensor, bail};
+use wick_kernels as k;
+
+pub use wick_kernels::scope::{Scope, with_whole_products};
+
+/// The environment variable that forces the reference path for a whole process.
+pub const REFERENCE_OPS_ENV: &str = "WICK_REFERENCE_OPS";
+
+/// `WICK_REFERENCE_OPS` as a switch: unset, empty, `0` or `false` is off; `1` or `true` on.
+pub fn reference_ops_from_env() -> std::result::Result<bool, String> {
+    match std::env::var(REFERENCE_OPS_ENV) {
+        Err(std::env::VarError::NotPresent) => Ok(false),
+        Err(std::env::VarError::NotUnicode(_)) => {
+            Err(format!("{REFERENCE_OPS_ENV} is not valid text"))
+        }
+        Ok(v) => match v.trim().to_ascii_lowercase().as_str() {
+            "" | "0" | "false" => Ok(false),
+            "1" | "true" => Ok(true),
+            other => Err(format!(
+                "{REFERENCE_OPS_ENV}={other}: expected 1 (reference path) or 0 (kernels)"
+            )),
+        },
+    }
+}
+
+fn forced_by_env() -> bool {
+    static FORCED: OnceLock<bool> = OnceLock::new();
+    *FORCED.get_or_init(|| reference_ops_from_env().unwrap_or(false))
+}
+
+/// Whether the reference path is forced here: by `WICK_REFERENCE_OPS`, or on this thread by
+/// [`with_reference_ops`].
+pub fn reference_ops_forced() -> bool {
+    k::scope::kernels_barred() || forced_by_env()
+}
+
+/// Runs `f` on the reference path: every op it calls on this thread (and in parallel work
+/// it hands on through [`Scope`]) composes Candle ops, and any kernel call fails.
+pub fn with_reference_ops<R>(f: impl FnOnce() -> R) -> R {
+    k::scope::bar_kernels(f)
+}
+
+/// Whether models on `device` run wick's kernels here (CPU, not forced to the reference
+/// path); the models' weights are f32.
+pub fn kernels_on(device: &Device) -> bool {
+    device.is_cpu() && !reference_ops_forced()
+}
+
+/// `"kernels"` or `"reference"`: the path a model on `device` runs here (run manifests record
+/// it).
+pub fn path_name(device: &Device) -> &'static str {
+    if kernels_on(device) {
+        "kernels"
+    } else {
+        "reference"
+    }
+}
+
+/// Whether ops on `xs` take the kernel path.
+pub fn use_kernels(xs: &Tensor) -> bool {
+    xs.dtype() == DType::F32 && kernels_on(xs.device())
+}
+
+/// Softmax over the last dimension, differentiable.
+pub fn softmax_last_dim(xs: &Tensor) -> Result<Tensor> {
+    if use_kernels(xs) {
+        k::rows::softmax(xs)
+    } else {
+        reference::softmax_last_dim(xs)
+    }
+}
+
+/// Log-softmax over the last dimension, for search (no gradient).
+pub fn log_softmax_last_dim(xs: &Tensor) -> Result<Tensor> {
+    if use_kernels(xs) {
+        k::rows::log_softmax(xs)
+    } else {
+        reference::log_softmax_last_dim(xs)
+    }
+}
+
+/// Index of the first maximum along the last dimension (no gradient).
+///
+/// # Shapes
+/// `(…, V)` → `(…)` u32.
+pub fn argmax_last_dim(xs: &Tensor) -> Result<Tensor> {
+    if use_kernels(xs) {
+        k::rows::argmax(xs)
+    } else {
+        reference::argmax_last_dim(xs)
+    }
+}
+
+/// Layer norm over the last dimension with gain `w` and bias `b` (both `(d,)`).
+pub fn layer_norm(xs: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> Result<Tensor> {
+    if use_kernels(xs) && w.dtype() == DType::F32 {
+        k::layer_norm::layer_norm(xs, w, b, eps)
+    } else {
+        reference::layer_norm(xs, w, b, eps)
+    }
+}
+
+/// Per-row label-smoothed cross-entropy of `(n, V)` logits against `(n,)` u32 targets:
+/// `(smoothed, nll, correct)`, `(n,)` each; only `smoothed` carries a gradient, `correct` is
+/// 1 where the argmax is the target.
+pub fn label_smoothed_cross_entropy(
+    logits: &Tensor,
+    target: &Tensor,
+    epsilon: f64,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    let (n, _) = logits.dims2()?;
+    if target.dims() != [n] {
+        bail!(
+            "cross-entropy: logits {:?} need targets of shape [{n}], got {:?}",
+            logits.dims(),
+            target.dims()
+        )
+    }
+    if use_kernels(logits) {
+        k::cross_entropy::label_smoothed_cross_entropy(logits, target, epsilon)
+    } else {
+        reference::label_smoothed_cross_entropy(logits, target, epsilon)
+    }
+}
+
+/// [`label_smoothed_cross_entropy`] of the logits `hidden·Wᵀ (+ b)`; on the kernel path
+/// without a bias the `(n, V)` logits are never a tensor.
+///
+/// # Shapes
+/// hidden `(n, d)`, weight `(V, d)`, bias `(V,)`, target `(n,)` u32 → three `(n,)` tensors.
+pub fn projected_cross_entropy(
+    hidden: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    target: &Tensor,
+    epsilon: f64,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    let (n, d) = hidden.dims2()?;
+    let (_, wd) = weight.dims2()?;
+    if target.dims() != [n] || wd != d {
+        bail!(
+            "cross-entropy: hidden {:?}, output weight {:?} and targets {:?} do not match",
+            hidden.dims(),
+            weight.dims(),
+            target.dims()
+        )
+    }
+    if use_kernels(hidden) && weight.dtype() == DType::F32 && bias.is_none() {
+        return k::cross_entropy::projected_cross_entropy(hidden, weight, target, epsilon);
+    }
+    let logits = affine(hidden, weight, bias, false, None)?;
+    label_smoothed_cross_entropy(&logits, target, epsilon)
+}
+
+/// `a·b` of 2-D tensors, either possibly a transposed or narrowed view; no gradient (backward
+/// passes and `wick bench matmul` use it).
+pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    if use_kernels(a) && b.dtype() == DType::F32 {
+        k::gemm::matmul(a, b)
+    } else {
+        a.matmul(b)
+    }
+}
+
+/// `xᵀ` as a new contiguous tensor, no gradient.
+pub fn transpose_contiguous(x: &Tensor) -> Result<Tensor> {
+    if use_kernels(x) {
+        k::gemm::transpose(x)
+    } else {
+        reference::transpose_contiguous(x)
+    }
+}
+
+/// Rows `indices` of `buf` along dim 0, of which only the first `len` positions are copied;
+/// the rest of each row is zero. No gradient.
+///
+/// # Shapes
+/// buf `(b, cap, w)`, indices u32 `(b',)` → `(b', cap, w)`.
+pub fn index_select_prefix(buf: &Tensor, indices: &Tensor, len: usize) -> Result<Tensor> {
+    if use_kernels(buf) && indices.device().is_cpu() && indices.dtype() == DType::U32 {
+        k::select::index_select_prefix(buf, indices, len)
+    } else {
+        buf.index_select(indices, 0)
+    }
+}
+
+/// `y = x·Wᵀ + b`, then `max(y, 0)` with `relu`, then `⊙ mask` (a dropout mask after the
+/// ReLU, one value per output element).
+///
+/// # Shapes
+/// x `(…, in)`, w `(out, in)`, b `(out,)` → `(…, out)`.
+pub fn affine(
+    x: &Tensor,
+    w: &Tensor,
+    b: Option<&Tensor>,
+    relu: bool,
+    mask: Option<Vec<f32>>,
+) -> Result<Tensor> {
+    if mask.is_some() && !relu {
+        bail!("affine: a dropout mask is applied after the ReLU only")
+    }
+    if use_kernels(x) && w.dtype() == DType::F32 && b.is_none_or(|b| b.dtype() == DType::F32) {
+        k::affine::affine(x, w, b, relu, mask)
+    } else {
+        reference::affine(x, w, b, relu, mask)
+    }
+}
+
+/// A weight laid out once for products with few rows (decoding steps, and the encoder before
+/// them): packed into panels on the kernel path, stored transposed elsewhere.
+#[derive(Clone, Debug)]
+pub enum LaidOut {
+    /// `(⌈out/64⌉, in, 64)` panels (`wick_kernels::panel`).
+    Panels(Tensor),
+    /// Wᵀ `(in, out)`, contiguous.
+    Transposed(Tensor),
+}
+
+/// Lays `w` `(out, in)` out for decoding ([`LaidOut`]).
+pub fn lay_out_for_decoding(w: &Tensor) -> Result<LaidOut> {
+    if use_kernels(w) {
+        Ok(LaidOut::Panels(k::panel::pack(w)?))
+    } else {
+        Ok(LaidOut::Transposed(reference::transpose_contiguous(w)?))
+    }
+}
+
+/// [`affine`] of a layer whose weight `w` `(out, in)` is also laid out as `laid_out`; no
+/// gradient. Panels serve the kernel path; a path that cannot use them reads `w`.
+pub fn affine_laid_out(
+    x: &Tensor,
+    w: &Tensor,
+    laid_out: &LaidOut,
+    b: Option<&Tensor>,
+    relu: bool,
+) -> Result<Tensor> {
+    match laid_out {
+        LaidOut::Panels(panels) if use_kernels(x) => {
+            k::panel::affine(x, panels, b, w.dim(0)?, relu)
+        }
+        LaidOut::Transposed(wt) if !use_kernels(x) => reference::affine_transposed(x, wt, b, relu),
+        _ => affine(x, w, b, relu, None),
+    }
+}
+
+/// `x ⊙ mask`: dropout with a drawn mask (`0` or `1/(1-p)` per element).
+pub fn dropout(x: &Tensor, mask: Vec<f32>) -> Result<Tensor> {
+    if use_kernels(x) {
+        k::masked::mask_mul(x, mask)
+    } else {
+        reference::dropout(x, mask)
+    }
+}
+
+/// `residual + x`, or `residual + mask ⊙ x` with a dropout mask on the branch.
+///
+/// # Shapes
+/// residual and x of the same shape.
+pub fn residual_add(residual: &Tensor, x: &Tensor, mask: Option<Vec<f32>>) -> Result<Tensor> {
+    if use_kernels(x) && residual.dtype() == DType::F32 {
+        k::masked::masked_add(residual, x, mask)
+    } else {
+        reference::residual_add(residual, x, mask)
+    }
+}
+
+/// `table[ids] · scale + positions[offset .. offset + t]`.
+///
+/// # Shapes
+/// ids `(b, t)` u32, table `(V, d)`, positions `(P ≥ offset + t, d)` → `(b, t, d)`.
+pub fn embed(
+    ids: &Tensor,
+    table: &Tensor,
+    scale: f64,
+    positions: &Tensor,
+    offset: usize,
+) -> Result<Tensor> {
+    if use_kernels(table) && positions.dtype() == DType::F32 {
+        k::embedding::embed(ids, table, scale, positions, offset)
+    } else {
+        reference::embed(ids, table, scale, positions, offset)
+    }
+}
+
+/// Multi-head self-attention from a packed projection, with the attention dropout mask
+/// (`(b, heads, t, t)` values) in training.
+///
+/// # Shapes
+/// qkv `(b, t, 3·d)`, bias `(1|b, 1, 1|t, t)` → `(b, t, d)`.
+pub fn attention_qkv(
+    qkv: &Tensor,
+    bias: &Tensor,
+    heads: usize,
+    mask: Option<Vec<f32>>,
+) -> Result<Tensor> {
+    if use_kernels(qkv) && bias.dtype() == DType::F32 {
+        k::attention::attention_qkv(qkv, bias, heads, mask)
+    } else {
+        reference::attention_qkv(qkv, bias, heads, mask)
+    }
+}
+
+/// Multi-head attention from queries to packed keys/values, with the attention dropout mask
+/// (`(b, heads, tq, tk)` values) in training. Only the first `d` columns of `q` are read.
+///
+/// # Shapes
+/// q `(b, tq, w ≥ d)`, kv `(b, tk, 2·d)`, bias `(1|b, 1, 1|tq, tk)` → `(b, tq, d)`.
+pub fn attention(
+    q: &Tensor,
+    kv: &Tensor,
+    bias: &Tensor,
+    heads: usize,
+    mask: Option<Vec<f32>>,
+) -> Result<Tensor> {
+    if use_kernels(q) && kv.dtype() == DType::F32 && bias.dtype() == DType::F32 {
+        k::attention::attention(q, kv, bias, heads, mask)
+    } else {
+        reference::attention(q, kv, bias, heads, mask)
+    }
+}
