@@ -1,6 +1,10 @@
 //! The `wick` command line's flags. The commands (`crate::commands`) turn them into the typed
 //! requests of `wick-train`; no library code sees clap types.
 
+// The doc comments below are clap's help text, written for the terminal (`[default: …]`,
+// `<name>`), not rustdoc markup.
+#![allow(rustdoc::invalid_html_tags, rustdoc::broken_intra_doc_links)]
+
 use std::path::PathBuf;
 
 use anyhow::{Result, bail};

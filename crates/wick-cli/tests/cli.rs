@@ -1,5 +1,8 @@
 //! The `wick` binary end to end: a small training run, evaluate and translate on its run
 //! directory, and clear errors (non-zero exit, no panic) for bad input.
+//!
+//! Longer than most files on purpose: one training run serves every command checked after it,
+//! and the bad-input cases are a list read best in one place.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic
 

@@ -169,8 +169,9 @@ impl Product<'_> {
 }
 
 /// `a·b` for 2-D f32 tensors on the CPU, either operand possibly a transposed or narrowed view,
-/// through [`gemm_into`] (so with its threading); no autograd. Backward passes and
-/// `wick bench matmul` use it, so the benchmark times the products the step runs.
+/// on `gemm` with the output split into one block per thread (by rows, or by columns when
+/// there are more of them); no autograd. Backward passes and `wick bench matmul` use it, so
+/// the benchmark times the products the step runs.
 ///
 /// # Shapes
 /// a `(m, k)`, b `(k, n)` → `(m, n)`.

@@ -4,7 +4,7 @@
 //!
 //! Adding an architecture: a module in this crate with a config type implementing
 //! [`ArchConfig`] (its keys, their defaults, one validation that names them) and a model
-//! implementing [`crate::Seq2Seq`]; then one line in [`BUILTIN`]. Nothing outside this crate
+//! implementing [`crate::Seq2Seq`]; then one line in `BUILTIN`. Nothing outside this crate
 //! changes. Programs that bring their own architecture add it at run time with [`register`].
 
 use std::collections::HashSet;

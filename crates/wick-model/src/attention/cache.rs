@@ -33,7 +33,7 @@ impl KvCache {
 const STEP_CACHE_BLOCK: usize = 32;
 
 /// Self-attention keys and values of the positions decoded so far, `(b, t, 2·d)` as in
-/// [`KvCache`], written into a buffer `(b, capacity, 2·d)` that grows by [`STEP_CACHE_BLOCK`]
+/// [`KvCache`], written into a buffer `(b, capacity, 2·d)` that grows by `STEP_CACHE_BLOCK`
 /// rows: a step writes one row per sentence, where concatenating copied the whole cache every
 /// step (5–7% of a greedy step, perf), and the attention kernel reads the rows in place.
 /// Written by hand rather than with candle-nn's `kv_cache::Cache` because beam search reorders

@@ -1,5 +1,5 @@
 //! The one place that decides, op by op, between wick's CPU kernels (`wick_kernels`) and their
-//! composed reference twins ([`reference`]: Candle ops only).
+//! composed reference twins ([`mod@reference`]: Candle ops only).
 //!
 //! ```text
 //!            layers, attention, architectures, search, loss, optimizer

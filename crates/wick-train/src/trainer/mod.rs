@@ -1,6 +1,6 @@
 //! Training: [`train`] a run from a config, or [`resume`] one from its last checkpoint.
 //!
-//! The loop itself is [`training_loop`]; validation, checkpoint keeping and the manifest have
+//! The loop itself is `training_loop`; validation, checkpoint keeping and the manifest have
 //! a module each.
 
 mod checkpoints;
@@ -130,8 +130,7 @@ impl Trainer {
             t.weight_decay,
         )?;
         progress.message(&format!(
-            "model: {} ({}) with {} parameters in {} tensors, device {:?}, {} ops",
-            cfg.model.arch(),
+            "model: arch = {}, {} parameters in {} tensors, device {:?}, {} ops",
             model.arch(),
             store.n_params(),
             store.len(),

@@ -2,13 +2,8 @@
 //! sorted and their scores are the model's own forced-decoding scores; on the kernel path and
 //! on the forced reference path.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic
-
-#[macro_use]
-mod common;
-
+use crate::common::*;
 use candle_core::{Result, Tensor};
-use common::*;
 use wick_model::Seq2Seq;
 use wick_model::search::{
     BeamConfig, SpecialIds, beam_search, forced_log_prob, greedy, greedy_uncached, length_penalty,

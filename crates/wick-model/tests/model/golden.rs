@@ -3,16 +3,11 @@
 //! path and on the forced reference path.
 //! The fixtures are written by `scripts/reference/golden_transformer.py` (PyTorch 2.15).
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic
-
-#[macro_use]
-mod common;
-
 use std::collections::HashMap;
 use std::path::Path;
 
+use crate::common::device;
 use candle_core::{DType, Result, Tensor};
-use common::device;
 use wick_model::loss::label_smoothed_cross_entropy;
 use wick_model::transformer::{Transformer, TransformerConfig};
 use wick_model::{DropoutRng, ParamStore, Seq2Seq, VocabSizes};

@@ -1,12 +1,11 @@
-//! Helpers shared by the model tests (included with `#[macro_use] mod common;`).
+//! Helpers shared by the model tests.
 //!
 //! The device comes from `WICK_TEST_DEVICE` (`cpu`, the default, or `cuda[:N]`, `metal`), so
 //! that one test executable checks a GPU build on a GPU machine (`scripts/gpu_check.sh`).
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic
 #![allow(dead_code, unused_macros)]
 
-use candle_core::{DType, Device, Result, Tensor};
+use candle_core::{DType, Device, Result, Tensor, Var};
 use wick_model::transformer::{NormPosition, Transformer, TransformerConfig, Tying};
 use wick_model::{DropoutRng, ParamStore, VocabSizes};
 
@@ -115,4 +114,48 @@ pub fn all_configs() -> Vec<TransformerConfig> {
         }
     }
     out
+}
+
+/// A deterministic pseudo-random `shape` in [-2, 2) on the CPU (xorshift), so failures
+/// reproduce.
+pub fn randn(shape: &[usize], seed: u64) -> Result<Tensor> {
+    let n: usize = shape.iter().product();
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let data: Vec<f32> = (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            ((s >> 11) as f64 / (1u64 << 53) as f64 * 4.0 - 2.0) as f32
+        })
+        .collect();
+    Tensor::from_vec(data, shape, &Device::Cpu)
+}
+
+pub fn max_diff(a: &Tensor, b: &Tensor) -> Result<f32> {
+    (a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()
+}
+
+/// Forward outputs and input gradients of `f` under a random linear functional of its output.
+pub fn value_and_grads(
+    f: impl Fn(&[Tensor]) -> Result<Tensor>,
+    inputs: &[Tensor],
+    seed: u64,
+) -> Result<(Tensor, Vec<Tensor>)> {
+    let vars: Vec<Var> = inputs.iter().map(Var::from_tensor).collect::<Result<_>>()?;
+    let ts: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
+    let out = f(&ts)?;
+    let probe = randn(out.dims(), seed)?;
+    let grads = (&out * &probe)?.sum_all()?.backward()?;
+    let gs = ts
+        .iter()
+        .map(|t| {
+            grads
+                .get(t)
+                .cloned()
+                .unwrap_or(t.zeros_like()?)
+                .contiguous()
+        })
+        .collect::<Result<_>>()?;
+    Ok((out, gs))
 }

@@ -1,13 +1,8 @@
 //! Shape, padding-invariance, causality and cache-equivalence tests of the Transformer, each
 //! run on the kernel path and on the forced reference path.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic
-
-#[macro_use]
-mod common;
-
+use crate::common::*;
 use candle_core::{D, IndexOp, Result, Tensor};
-use common::*;
 use wick_model::Seq2Seq;
 use wick_model::search::{SpecialIds, greedy};
 use wick_model::transformer::{NormPosition, Transformer, Tying};
