@@ -80,6 +80,12 @@ pub enum Command {
         after_help = "Example:\n  wick average --run runs/toy --last 3 && wick evaluate --run runs/toy --checkpoint avg-last-3.safetensors"
     )]
     Average(AverageArgs),
+    /// Write a run's report: report.html (curves, test scores, attention of a few test
+    /// sentences, data, config, provenance) and curves.svg; works while the run trains.
+    #[command(
+        after_help = "Examples:\n  wick report --run runs/toy\n  wick report --run runs/toy --output /tmp/toy.html --samples 8"
+    )]
+    Report(ReportArgs),
     /// Measure speed.
     #[command(
         subcommand,
@@ -286,6 +292,22 @@ pub struct TranslateArgs {
     pub attention_json: Option<PathBuf>,
     /// Sentences to translate; without any, stdin is read line by line.
     pub text: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// A run directory written by `wick train` (finished or still training).
+    #[arg(long)]
+    pub run: PathBuf,
+    /// Where to write the HTML [default: <run>/report.html]; curves.svg goes beside it.
+    #[arg(long)]
+    pub output: Option<PathBuf>,
+    /// Test sentences shown translated with their attention maps.
+    #[arg(long, default_value_t = 4)]
+    pub samples: usize,
+    /// cpu, cuda, cuda:N or metal (for translating the samples).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
 }
 
 #[derive(Debug, Args)]

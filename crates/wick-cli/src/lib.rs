@@ -10,7 +10,7 @@ mod progress;
 use anyhow::Result;
 
 use crate::args::{BenchCommand, Cli, Command, DataCommand};
-use crate::commands::{average, bench, data, evaluate, score, train, translate};
+use crate::commands::{average, bench, data, evaluate, report, score, train, translate};
 
 /// What `wick` prints with no arguments (and after `wick --help`).
 pub const START_HERE: &str = "\
@@ -29,6 +29,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Translate(a) => translate::cmd_translate(a),
         Command::Score(a) => score::cmd_score(a),
         Command::Average(a) => average::cmd_average(a),
+        Command::Report(a) => report::cmd_report(a),
         Command::Bench(BenchCommand::Train(a)) => bench::cmd_bench_train(a),
         Command::Bench(BenchCommand::Decode(a)) => bench::cmd_bench_decode(a),
         Command::Bench(BenchCommand::Matmul(a)) => bench::cmd_bench_matmul(a),

@@ -8,18 +8,7 @@ use anyhow::{Context, Result, bail};
 use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
-use wick_train::attention::AttentionMap;
-
-/// A subword as shown on an axis: word-initial pieces lose the `▁` marker, pieces inside a
-/// word get a leading `##` (so the plot reads as words, and needs no `▁` glyph).
-fn display_token(t: &str) -> String {
-    match t.strip_prefix('▁') {
-        Some("") => "▁".to_string(),
-        Some(rest) => rest.to_string(),
-        None if t == "</s>" || t.starts_with("<0x") => t.to_string(),
-        None => format!("##{t}"),
-    }
-}
+use wick_train::attention::{AttentionMap, display_token};
 
 const FONT: &str = "sans-serif";
 const CELL: i32 = 26;

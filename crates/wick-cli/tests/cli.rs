@@ -98,6 +98,9 @@ fn train_evaluate_translate_on_a_small_run() {
         "trainer_state.json",
         "manifest.json",
         "metrics.jsonl",
+        "progress.jsonl",
+        "report.html",
+        "curves.svg",
     ] {
         assert!(run.join(f).is_file(), "run directory lacks {f}");
     }

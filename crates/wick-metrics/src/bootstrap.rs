@@ -1,12 +1,12 @@
 //! Paired bootstrap resampling of segments: confidence intervals of corpus scores.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::bleu::{BleuOptions, BleuStats, bleu_from_stats};
 use crate::chrf::ChrfStats;
 
 /// A percentile bootstrap confidence interval of a corpus score.
-#[derive(Clone, Copy, Debug, Serialize)]
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
 pub struct ConfidenceInterval {
     /// Mean of the resampled scores.
     pub mean: f64,

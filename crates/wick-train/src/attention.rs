@@ -96,3 +96,14 @@ pub(crate) fn attention_map(
         layers,
     })
 }
+
+/// A subword as shown on an axis: word-initial pieces lose the `▁` marker, pieces inside a
+/// word get a leading `##` (so the plot reads as words, and needs no `▁` glyph).
+pub fn display_token(t: &str) -> String {
+    match t.strip_prefix('▁') {
+        Some("") => "▁".to_string(),
+        Some(rest) => rest.to_string(),
+        None if t == "</s>" || t.starts_with("<0x") => t.to_string(),
+        None => format!("##{t}"),
+    }
+}

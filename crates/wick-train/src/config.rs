@@ -170,6 +170,10 @@ pub struct TrainConfig {
     pub patience: usize,
     /// Translate at most this many dev sentences for validation BLEU (0: all).
     pub valid_max_sentences: usize,
+    /// Beam size of validation BLEU; unset: `decode.beam`. Greedy validation (1) is faster,
+    /// and evaluation keeps `decode.beam`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub valid_beam: Option<usize>,
     /// Validation checkpoints kept as `checkpoints/step-N.safetensors`: the `keep_best`
     /// best by `best_metric` plus the `keep_last` most recent (for `wick average`);
     /// `checkpoints/index.json` lists them.
@@ -207,6 +211,7 @@ impl Default for TrainConfig {
             best_metric: BestMetric::Bleu,
             patience: 0,
             valid_max_sentences: 0,
+            valid_beam: None,
             keep_best: 3,
             keep_last: 3,
             skip_nonfinite: false,
@@ -413,8 +418,8 @@ impl Config {
             return Err(invalid(
                 "train.schedule",
                 format!(
-                    "\"cosine\" decays to 0 at train.max_steps, which must exceed train.warmup_steps = {}",
-                    t.warmup_steps
+                    "\"cosine\" decays to 0 at train.max_steps = {}, which must exceed train.warmup_steps = {} (lower train.warmup_steps too, or set train.schedule = \"inverse_sqrt\")",
+                    t.max_steps, t.warmup_steps
                 ),
             ));
         }
@@ -456,6 +461,9 @@ impl Config {
                 "train.clip_norm",
                 "clip_norm and weight_decay must be >= 0, adam_eps > 0",
             ));
+        }
+        if t.valid_beam == Some(0) {
+            return Err(invalid("train.valid_beam", "must be at least 1"));
         }
         if t.log_every == 0 {
             return Err(invalid("train.log_every", "must be positive"));

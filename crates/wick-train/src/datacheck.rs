@@ -235,3 +235,13 @@ impl CheckReport {
         out
     }
 }
+
+/// How many of `held_out`'s sources (trimmed) are also sources of `train`: the held-out
+/// split's leakage, which `manifest.json` records.
+pub fn sources_in_train(train: &[wick_data::Pair], held_out: &[wick_data::Pair]) -> usize {
+    let train: HashSet<&str> = train.iter().map(|p| p.src.trim()).collect();
+    held_out
+        .iter()
+        .filter(|p| train.contains(p.src.trim()))
+        .count()
+}

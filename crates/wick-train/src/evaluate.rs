@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use anyhow::{Result, bail};
 use candle_core::Device;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use wick_data::Pair;
 use wick_data::corpus::read_lines;
 
@@ -28,7 +28,7 @@ pub const BOOTSTRAP_SEED: u64 = 12345;
 const LENGTH_BUCKETS: [usize; 6] = [5, 10, 15, 20, 30, 40];
 
 /// Scores of the sentences whose source has `min_words..=max_words` words.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct LengthBucket {
     pub min_words: usize,
     /// `None` for the open-ended last bucket.
@@ -81,7 +81,9 @@ fn length_buckets(sources: &[String], bleu: &[BleuStats], chrf: &[ChrfStats]) ->
     out
 }
 
-#[derive(Debug, Serialize)]
+/// What an evaluation found; also written to the run directory as
+/// `eval.<split>.<checkpoint>[.beamK].json` (the report reads the latest test one).
+#[derive(Debug, Serialize, Deserialize)]
 pub struct EvalReport {
     pub bleu: f64,
     pub bleu_signature: String,
@@ -197,7 +199,7 @@ pub fn evaluate(req: EvalRequest) -> Result<EvalReport> {
     let (_, ref_ppl, ref_token_acc) =
         crate::trainer::evaluate_loss(&model, &examples, &run.config)?;
     // Named after what produced it, so greedy and beam outputs do not overwrite each other.
-    let hyp_file = req.output.clone().unwrap_or_else(|| {
+    let stem = {
         let name = if req.src_ref.is_some() {
             "files"
         } else {
@@ -208,8 +210,12 @@ pub fn evaluate(req: EvalRequest) -> Result<EvalReport> {
             1 => String::new(),
             k => format!(".beam{k}"),
         };
-        run.dir.join(format!("hyp.{name}.{which}{beam}.txt"))
-    });
+        format!("{name}.{which}{beam}")
+    };
+    let hyp_file = req
+        .output
+        .clone()
+        .unwrap_or_else(|| run.dir.join(format!("hyp.{stem}.txt")));
 
     let mut text = hyps.join("\n");
     text.push('\n');
@@ -230,7 +236,7 @@ pub fn evaluate(req: EvalRequest) -> Result<EvalReport> {
         }
         None => None,
     };
-    Ok(EvalReport {
+    let report = EvalReport {
         bleu: bleu.score,
         signature: format!("{} / {}", bleu.signature, chrf_signature),
         bleu_detail: bleu.format(),
@@ -251,5 +257,10 @@ pub fn evaluate(req: EvalRequest) -> Result<EvalReport> {
         ref_pairs_scored: examples.len(),
         seconds,
         sentences_per_s: hyps.len() as f64 / seconds.max(1e-9),
-    })
+    };
+    crate::checkpoint::write_atomic(
+        &run.dir.join(format!("eval.{stem}.json")),
+        serde_json::to_string_pretty(&report)?.as_bytes(),
+    )?;
+    Ok(report)
 }

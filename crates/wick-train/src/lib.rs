@@ -34,6 +34,7 @@ pub mod device;
 pub mod evaluate;
 pub mod optim;
 pub mod prepare;
+pub mod report;
 pub mod run;
 pub mod schedule;
 pub mod step;

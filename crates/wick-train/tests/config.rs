@@ -21,10 +21,10 @@ fn shipped_configs_parse_and_validate() {
 
 #[test]
 fn resolved_config_round_trips() {
-    let cfg = load(EMBEDDED_DEFAULT, &["train.max_steps=7"]).expect("cfg");
+    let cfg = load(EMBEDDED_DEFAULT, &["train.max_steps=700"]).expect("cfg");
     let again = load(&cfg.to_toml(), &[]).expect("reparse");
     assert_eq!(cfg, again);
-    assert_eq!(again.train.max_steps, 7);
+    assert_eq!(again.train.max_steps, 700);
 }
 
 #[test]
@@ -59,10 +59,24 @@ fn values_out_of_range_name_the_key() {
         .expect_err("lr")
         .to_string();
     assert!(e.contains("train.lr"), "{e}");
-    let e = load(EMBEDDED_DEFAULT, &["train.max_minutes=0"])
-        .expect_err("no stop")
-        .to_string();
+    let e = load(
+        EMBEDDED_DEFAULT,
+        &[
+            "train.max_minutes=0",
+            "train.max_steps=0",
+            "train.schedule=inverse_sqrt",
+        ],
+    )
+    .expect_err("no stop")
+    .to_string();
     assert!(e.contains("stopping rule"), "{e}");
+    let e = load(EMBEDDED_DEFAULT, &["train.max_steps=100"])
+        .expect_err("cosine shorter than its warm-up")
+        .to_string();
+    assert!(
+        e.contains("train.schedule") && e.contains("warmup_steps = 200"),
+        "{e}"
+    );
     let e = load(EMBEDDED_DEFAULT, &["train.accumulate=0"])
         .expect_err("accumulate")
         .to_string();
@@ -82,7 +96,7 @@ fn overrides_set_nested_values_of_every_type() {
     let cfg = load(
         EMBEDDED_DEFAULT,
         &[
-            "train.max_steps=200",
+            "train.max_steps=300",
             "train.lr=5e-4",
             "model.norm=pre",
             "data.joint_vocab=false",
@@ -91,7 +105,7 @@ fn overrides_set_nested_values_of_every_type() {
         ],
     )
     .expect("overrides");
-    assert_eq!(cfg.train.max_steps, 200);
+    assert_eq!(cfg.train.max_steps, 300);
     assert_eq!(cfg.train.lr, 5e-4);
     assert_eq!(cfg.model.get("norm").and_then(|v| v.as_str()), Some("pre"));
     assert!(!cfg.data.joint_vocab);

@@ -75,15 +75,12 @@ pub(crate) fn cmd_train(a: TrainArgs) -> Result<()> {
         summary.peak_rss_mb.unwrap_or(0.0),
         summary.stop_reason
     );
-    if let Some(b) = summary.best_dev_bleu {
-        eprintln!(
-            "best checkpoint: step {} (dev BLEU {b:.2})",
-            summary.best_step.unwrap_or(0)
-        );
-    }
-    // Final report on the test split with the best checkpoint, as `wick evaluate` would.
     let run = Run::open(&run_dir)?;
+    let dir = run_dir.display();
+    println!();
+    // The test split scored with the best checkpoint, as `wick evaluate` would.
     let has_test = config.data.test.is_some() || config.data.synthetic.is_some();
+    let mut hyp_file = None;
     if has_test {
         let report = evaluate(EvalRequest {
             run: &run,
@@ -93,34 +90,73 @@ pub(crate) fn cmd_train(a: TrainArgs) -> Result<()> {
             output: None,
             device: &device,
         })?;
+        let decoding = match report.beam {
+            1 => "greedy".to_string(),
+            k => format!("beam {k}, length penalty {}", config.decode.length_penalty),
+        };
         println!(
-            "test ({} sentences, best checkpoint): {}",
-            report.n_sentences, report.bleu_detail
+            "test split: {} sentences, best checkpoint (step {}, dev BLEU {:.2}), {decoding}:",
+            report.n_sentences,
+            summary.best_step.unwrap_or(0),
+            summary.best_dev_bleu.unwrap_or(0.0)
         );
         println!(
-            "  chrF2 = {:.2}   exact match {:.1}%",
-            report.chrf,
+            "  BLEU  {:>6.2}  95% CI [{:.2}, {:.2}]   word n-gram overlap with the reference, 0-100",
+            report.bleu, report.bleu_ci.low, report.bleu_ci.high
+        );
+        println!(
+            "  chrF2 {:>6.2}  95% CI [{:.2}, {:.2}]   character n-gram F-score, 0-100",
+            report.chrf, report.chrf_ci.low, report.chrf_ci.high
+        );
+        println!(
+            "  exact match {:.1}%; one reference per sentence, so correct paraphrases score low",
             100.0 * report.exact_match
         );
-        super::evaluate::print_intervals(&report);
+        println!("  {}", report.bleu_detail);
         println!("  {}", report.signature);
-        println!("  checkpoint: {}", report.checkpoint.display());
-        println!(
-            "  translations: {} (beam {}, {:.1} sentences/s)",
-            report.hyp_file.display(),
-            report.beam,
-            report.sentences_per_s
-        );
         if a.samples > 0 {
             let pairs = load_split(&config, Split::Test)?;
             let hyps = std::fs::read_to_string(&report.hyp_file)?;
-            println!("sample translations:");
+            println!("\nsample translations (test split):");
             for (p, h) in pairs.iter().zip(hyps.lines()).take(a.samples) {
-                println!("  src: {}\n  ref: {}\n  hyp: {h}\n", p.src, p.tgt);
+                println!(
+                    "  source:      {}\n  reference:   {}\n  translation: {h}\n",
+                    p.src, p.tgt
+                );
             }
         }
+        hyp_file = Some(report.hyp_file);
     }
-    println!("run directory: {}", run_dir.display());
-    println!("try: wick translate --run {} \"…\"", run_dir.display());
+    let report = wick_train::report::write_report(wick_train::report::ReportRequest {
+        run_dir: &run_dir,
+        output: None,
+        samples: 4,
+        device: &device,
+    })?;
+    println!("everything is in {dir}:");
+    println!(
+        "  report.html                     curves, test scores, attention maps: open it in a browser"
+    );
+    let by = match config.train.best_metric {
+        wick_train::config::BestMetric::Bleu => "dev BLEU",
+        wick_train::config::BestMetric::Loss => "dev loss",
+    };
+    println!(
+        "  checkpoints/best.safetensors    the best checkpoint by {by} (checkpoints/index.json lists all)"
+    );
+    if let Some(h) = &hyp_file {
+        let name = h.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        println!("  {name:<31} the test translations");
+    }
+    println!("  metrics.jsonl, progress.jsonl   the numbers behind the curves");
+    println!("  config.toml, manifest.json      the resolved config, data hashes and versions");
+    println!("\ntry next:");
+    println!("  wick translate --run {dir} \"I like tea.\"");
+    println!("  wick translate --run {dir} --attention attention.svg \"Where is the station?\"");
+    println!("  wick evaluate --run {dir} --beam 5");
+    println!(
+        "  wick report --run {dir}    (rewrites {})",
+        report.html.display()
+    );
     Ok(())
 }

@@ -69,7 +69,7 @@ impl Trainer {
     /// also writes `resume.safetensors`: weights, AdamW moments, trainer state and the
     /// dropout stream in one file, so one atomic rename makes a consistent resume point.
     pub(super) fn save(&mut self, name: &str, dev_bleu: Option<f64>) -> Result<()> {
-        self.state.elapsed_seconds = self.prior_elapsed + self.started.elapsed().as_secs_f64();
+        self.state.elapsed_seconds = self.train_seconds();
         let dir = self.dir.join("checkpoints");
         let mut tensors = self.store.tensors();
         checkpoint::save(&dir.join(name), &tensors, self.metadata(dev_bleu))?;

@@ -23,6 +23,9 @@ pub(super) struct Manifest {
     /// Lines dropped under `data.on_bad_line = "skip"`, with file, line and reason.
     pub(super) bad_lines: Vec<wick_data::BadLine>,
     pub(super) dev_pairs: usize,
+    /// Dev and test sources that are also training sources (leakage inflates their scores).
+    pub(super) dev_sources_in_train: usize,
+    pub(super) test_sources_in_train: Option<usize>,
     pub(super) vocab_src: usize,
     pub(super) vocab_tgt: usize,
     pub(super) params: usize,

@@ -28,6 +28,7 @@ use self::training_loop::run_loop;
 pub use self::validation::{Validation, bleu_chrf, evaluate_loss};
 use crate::checkpoint;
 use crate::config::Config;
+use crate::datacheck::sources_in_train;
 use crate::optim::AdamW;
 use crate::prepare::{
     Split, drop_overlong, encode_pairs, load_split, load_split_reporting, train_tokenizers,
@@ -79,6 +80,10 @@ const MAX_SKIPPED_IN_A_ROW: usize = 10;
 
 /// The file `wick train --resume` continues from.
 pub const RESUME_FILE: &str = "resume.safetensors";
+/// One JSON object per validation.
+pub const METRICS_FILE: &str = "metrics.jsonl";
+/// One JSON object per `train.log_every` updates: the training curve.
+pub const PROGRESS_FILE: &str = "progress.jsonl";
 const OPTIM_PREFIX: &str = "optim.";
 
 pub(crate) struct Trainer {
@@ -103,6 +108,11 @@ pub(crate) struct Trainer {
 }
 
 impl Trainer {
+    /// Seconds of training of the whole run: earlier sessions and this one.
+    fn train_seconds(&self) -> f64 {
+        self.prior_elapsed + self.started.elapsed().as_secs_f64()
+    }
+
     /// A fresh model (seeded by `train.seed`) and optimizer for `cfg`.
     fn new(
         cfg: Config,
@@ -174,6 +184,12 @@ pub fn train(req: TrainRequest) -> Result<TrainSummary> {
     // Data first: unreadable data must not leave a half-made run directory behind.
     let (train_pairs, bad_train) = load_split_reporting(&cfg, Split::Train)?;
     let (dev_pairs, bad_dev) = load_split_reporting(&cfg, Split::Dev)?;
+    // Held-out sources that are also training sources: what the data summary reports.
+    let dev_leak = sources_in_train(&train_pairs, &dev_pairs);
+    let test_leak = match load_split(&cfg, Split::Test) {
+        Ok(test) if !test.is_empty() => Some(sources_in_train(&train_pairs, &test)),
+        _ => None,
+    };
     std::fs::create_dir_all(dir.join("checkpoints"))
         .with_context(|| format!("cannot create run directory {}", dir.display()))?;
     checkpoint::write_atomic(&dir.join("config.toml"), cfg.to_toml().as_bytes())?;
@@ -244,6 +260,8 @@ pub fn train(req: TrainRequest) -> Result<TrainSummary> {
             train_pairs_dropped: dropped,
             bad_lines: bad_train.into_iter().chain(bad_dev).collect(),
             dev_pairs: tr.dev_pairs.len(),
+            dev_sources_in_train: dev_leak,
+            test_sources_in_train: test_leak,
             vocab_src: vocab.src,
             vocab_tgt: vocab.tgt,
             params: n_params,
@@ -329,20 +347,23 @@ pub fn resume(req: ResumeRequest) -> Result<TrainSummary> {
     tr.opt.load_state(&optim, state.step)?;
     tr.model.dropout_rng().restore(rng)?;
     tr.prior_elapsed = state.elapsed_seconds;
-    // Validations logged after the resume point (by a session that was killed) are redone.
-    let metrics = dir.join("metrics.jsonl");
-    if let Ok(text) = std::fs::read_to_string(&metrics) {
-        let kept: String = text
-            .lines()
-            .filter(|l| {
-                serde_json::from_str::<serde_json::Value>(l)
-                    .ok()
-                    .and_then(|v| v["step"].as_u64())
-                    .is_some_and(|s| s as usize <= state.step)
-            })
-            .map(|l| format!("{l}\n"))
-            .collect();
-        checkpoint::write_atomic(&metrics, kept.as_bytes())?;
+    // Validations and log lines written after the resume point (by a session that was
+    // killed) are redone, so each log keeps one entry per step.
+    for log in [METRICS_FILE, PROGRESS_FILE] {
+        let path = dir.join(log);
+        if let Ok(text) = std::fs::read_to_string(&path) {
+            let kept: String = text
+                .lines()
+                .filter(|l| {
+                    serde_json::from_str::<serde_json::Value>(l)
+                        .ok()
+                        .and_then(|v| v["step"].as_u64())
+                        .is_some_and(|s| s as usize <= state.step)
+                })
+                .map(|l| format!("{l}\n"))
+                .collect();
+            checkpoint::write_atomic(&path, kept.as_bytes())?;
+        }
     }
     tr.state = TrainerState {
         finished: false,

@@ -12,7 +12,7 @@ use wick_data::tokenizer::SPECIALS;
 use wick_data::{Batch, Example};
 use wick_model::Seq2Seq;
 
-use super::{MAX_SKIPPED_IN_A_ROW, TrainSummary, Trainer};
+use super::{MAX_SKIPPED_IN_A_ROW, PROGRESS_FILE, TrainSummary, Trainer};
 use crate::run::memory_mb;
 use crate::schedule::learning_rate;
 use crate::step::{ShardInput, add_grads, batch_gradients, shard_ranges};
@@ -37,7 +37,9 @@ pub(super) fn run_loop(tr: &mut Trainer, train: &[Example]) -> Result<TrainSumma
     };
     tr.progress
         .start(tr.state.step, (planned > 0).then_some(planned));
+    // Loss since the last validation (its `train_loss`) and since the last log line.
     let (mut window_loss, mut window_tokens) = (0.0f64, 0usize);
+    let (mut log_loss, mut log_tokens) = (0.0f64, 0usize);
     let mut total_tokens = 0usize;
     let loop_start = Instant::now();
     // A resumed run has validated its checkpoint already.
@@ -45,6 +47,7 @@ pub(super) fn run_loop(tr: &mut Trainer, train: &[Example]) -> Result<TrainSumma
     let mut stop_reason = String::from("max_epochs reached");
     let device = tr.model.device().clone();
     let mut skipped_in_a_row = 0usize;
+    let mut last_update_epoch = tr.state.epoch;
     'epochs: loop {
         if t.max_epochs > 0 && tr.state.epoch >= t.max_epochs {
             break;
@@ -61,9 +64,7 @@ pub(super) fn run_loop(tr: &mut Trainer, train: &[Example]) -> Result<TrainSumma
                 stop_reason = format!("max_steps = {} reached", t.max_steps);
                 break 'epochs;
             }
-            if t.max_minutes > 0.0
-                && tr.prior_elapsed + tr.started.elapsed().as_secs_f64() >= t.max_minutes * 60.0
-            {
+            if t.max_minutes > 0.0 && tr.train_seconds() >= t.max_minutes * 60.0 {
                 stop_reason = format!("max_minutes = {} reached", t.max_minutes);
                 break 'epochs;
             }
@@ -143,28 +144,40 @@ pub(super) fn run_loop(tr: &mut Trainer, train: &[Example]) -> Result<TrainSumma
             tr.opt.step(&grads, lr, scale)?;
             tr.state.step = step;
             tr.state.groups_done_in_epoch = g + 1;
+            last_update_epoch = tr.state.epoch;
             window_loss += group_loss * group_tokens as f64;
             window_tokens += group_tokens;
+            log_loss += group_loss * group_tokens as f64;
+            log_tokens += group_tokens;
             total_tokens += group_tokens;
             tr.progress.update(step);
 
             let elapsed = loop_start.elapsed().as_secs_f64();
             let tok_s = total_tokens as f64 / elapsed.max(1e-9);
             if step.is_multiple_of(t.log_every) {
+                let train_seconds = tr.train_seconds();
                 let left = if t.max_minutes > 0.0 {
-                    let secs = (t.max_minutes * 60.0
-                        - (tr.prior_elapsed + tr.started.elapsed().as_secs_f64()))
-                    .max(0.0) as u64;
+                    let secs = (t.max_minutes * 60.0 - train_seconds).max(0.0) as u64;
                     format!(" | time left {}:{:02}", secs / 60, secs % 60)
                 } else {
                     String::new()
                 };
+                // The loss of the updates since the last line.
+                let loss = log_loss / log_tokens.max(1) as f64;
+                (log_loss, log_tokens) = (0.0, 0);
                 let msg = format!(
-                    "epoch {} loss {:.3} lr {lr:.2e} {tok_s:.0} tgt tok/s{left}",
+                    "epoch {} loss {loss:.3} lr {lr:.2e} {tok_s:.0} tgt tok/s{left}",
                     tr.state.epoch + 1,
-                    window_loss / window_tokens.max(1) as f64
                 );
                 tr.progress.log(step, &msg);
+                tr.log_progress(&ProgressLine {
+                    step,
+                    epoch: tr.state.epoch,
+                    train_loss: loss,
+                    lr,
+                    tgt_tokens_per_s: tok_s,
+                    train_seconds,
+                })?;
             }
             if step.is_multiple_of(validate_every) {
                 let train_loss = window_loss / window_tokens.max(1) as f64;
@@ -199,6 +212,17 @@ pub(super) fn run_loop(tr: &mut Trainer, train: &[Example]) -> Result<TrainSumma
     tr.progress.finish();
     let elapsed = loop_start.elapsed().as_secs_f64();
     let tok_s = total_tokens as f64 / elapsed.max(1e-9);
+    // The updates since the last progress line, so that the curve reaches the last step.
+    if log_tokens > 0 {
+        tr.log_progress(&ProgressLine {
+            step: tr.state.step,
+            epoch: last_update_epoch,
+            train_loss: log_loss / log_tokens as f64,
+            lr: learning_rate(t, tr.state.step.max(1)),
+            tgt_tokens_per_s: tok_s,
+            train_seconds: tr.train_seconds(),
+        })?;
+    }
     if last_validated != tr.state.step {
         let train_loss = window_loss / window_tokens.max(1) as f64;
         let v = tr.validate(
@@ -230,4 +254,30 @@ pub(super) fn run_loop(tr: &mut Trainer, train: &[Example]) -> Result<TrainSumma
         peak_rss_mb: memory_mb().0,
         stop_reason,
     })
+}
+
+/// One line of `progress.jsonl`: the training curve, every `train.log_every` updates.
+#[derive(serde::Serialize)]
+struct ProgressLine {
+    step: usize,
+    epoch: usize,
+    /// Mean label-smoothed loss per target token of the updates since the last line.
+    train_loss: f64,
+    lr: f64,
+    /// Target tokens per second of this session so far.
+    tgt_tokens_per_s: f64,
+    /// Seconds of training of the whole run, across resumes.
+    train_seconds: f64,
+}
+
+impl Trainer {
+    fn log_progress(&self, line: &ProgressLine) -> Result<()> {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join(PROGRESS_FILE))?;
+        writeln!(f, "{}", serde_json::to_string(line)?)?;
+        Ok(())
+    }
 }

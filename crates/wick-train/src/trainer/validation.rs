@@ -14,7 +14,7 @@ use wick_model::{Model, Seq2Seq};
 use super::Trainer;
 use super::checkpoints::kept_checkpoints;
 use crate::checkpoint;
-use crate::config::{BestMetric, Config};
+use crate::config::{BestMetric, Config, DecodeConfig};
 use crate::run::{CheckpointEntry, Tokenizers};
 use crate::step::{ShardInput, loss_sums};
 use crate::translator::Translator;
@@ -31,7 +31,11 @@ pub struct Validation {
     pub dev_acc: f64,
     pub dev_bleu: f64,
     pub dev_chrf: f64,
+    /// Seconds since this session's training loop started.
     pub elapsed_s: f64,
+    /// Seconds of training of the whole run, across resumes (what `train.max_minutes`
+    /// counts).
+    pub train_seconds: f64,
     pub tgt_tokens_per_s: f64,
 }
 
@@ -66,8 +70,8 @@ pub fn evaluate_loss(model: &Model, examples: &[Example], cfg: &Config) -> Resul
     Ok((loss / n, (nll / n).exp(), correct / n))
 }
 
-/// Translates the sources (with the model laid out for decoding anew) and scores them
-/// against the references.
+/// Translates the sources (with the model laid out for decoding anew; beam
+/// `train.valid_beam`, else `decode.beam`) and scores them against the references.
 pub fn bleu_chrf(
     model: &Model,
     tok: &Tokenizers,
@@ -76,7 +80,12 @@ pub fn bleu_chrf(
 ) -> Result<(f64, f64, Vec<String>)> {
     let sources: Vec<&str> = pairs.iter().map(|p| p.src.as_str()).collect();
     let refs = vec![pairs.iter().map(|p| p.tgt.clone()).collect::<Vec<_>>()];
-    let translator = Translator::from_model(model, tok.clone(), cfg.decode.clone())?;
+    let decode = DecodeConfig {
+        beam: cfg.train.valid_beam.unwrap_or(cfg.decode.beam),
+        n_best: 1,
+        ..cfg.decode.clone()
+    };
+    let translator = Translator::from_model(model, tok.clone(), decode)?;
     let hyps = translator.translate(&sources)?;
     let bleu = corpus_bleu(&hyps, &refs, BleuOptions::default()).score;
     let chrf = corpus_chrf(&hyps, &refs, ChrfOptions::default()).score;
@@ -114,12 +123,13 @@ impl Trainer {
             dev_bleu,
             dev_chrf,
             elapsed_s: elapsed,
+            train_seconds: self.train_seconds(),
             tgt_tokens_per_s: tokens_per_s,
         };
         let mut f = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(self.dir.join("metrics.jsonl"))?;
+            .open(self.dir.join(super::METRICS_FILE))?;
         writeln!(f, "{}", serde_json::to_string(&v)?)?;
         // Both metrics are kept as "higher is better" so one comparison serves.
         let figure = match self.cfg.train.best_metric {
