@@ -5,7 +5,7 @@
 //! the resolved config and the manifest. Also `curves.svg`, the curves alone, to embed
 //! elsewhere.
 //!
-//! Everything comes from the run directory ([`data::RunRecord`]), so a report can be made for
+//! Everything comes from the run directory (metrics, progress, manifest, eval JSON), so a report can be made for
 //! a run that is still training, for a resumed one, and for any architecture.
 
 mod data;
@@ -28,7 +28,7 @@ use crate::translator::Translator;
 /// What `wick report` needs.
 pub struct ReportRequest<'a> {
     pub run_dir: &'a Path,
-    /// Where the HTML goes [default: `<run>/report.html`]; `curves.svg` goes beside it.
+    /// Where the HTML goes (default `<run>/report.html`); `curves.svg` goes beside it.
     pub output: Option<PathBuf>,
     /// Test sentences shown translated, with their attention (0: none).
     pub samples: usize,
