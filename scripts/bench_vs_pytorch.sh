@@ -3,6 +3,7 @@
 #
 #   scripts/bench_vs_pytorch.sh [--presets "tiny small"] [--repeats 3] [--threads 2]
 #
+# Presets: tiny, small, base (Transformers), rnn (GRU + Bahdanau attention), conv (ConvS2S).
 # Builds wick (release), makes a Python venv with torch from PyPI (target/bench-venv, or the
 # interpreter in $TORCH_PYTHON), then runs `wick bench train|decode --preset P --json` and
 # scripts/reference/bench_torch.py alternately, REPEATS times each, so that a machine that is
@@ -62,6 +63,8 @@ for preset in $presets; do
         # wick's line is a list (greedy, beam 5); beam has no PyTorch counterpart here.
         record decode "$preset" wick "$("$wick" bench decode --preset "$preset" --beam 5 --json)"
         record decode "$preset" pytorch "$("$python" scripts/reference/bench_torch.py decode --preset "$preset" --threads "$threads")"
+        # The products of a step are listed for the Transformers only.
+        [[ "$preset" == rnn || "$preset" == conv ]] && continue
         echo "matmul $preset, repeat $r/$repeats" >&2
         shapes="$("$wick" bench matmul --preset "$preset" --json)"
         record matmul "$preset" wick "$shapes"
@@ -105,6 +108,8 @@ for p in presets:
 print("\nThe training step's linear-layer and output-projection products alone (ms per step)")
 print(f"{'preset':<7} {'wick':>8} {'torch':>8} {'ratio':>7} {'wick GFLOP/s':>13} {'torch GFLOP/s':>14} {'torch step':>11} {'share':>6}")
 for p in presets:
+    if p in ("rnn", "conv"):
+        continue
     wm, pm = med("matmul", p, "wick", "total_ms"), med("matmul", p, "pytorch", "total_ms")
     wg, pg = med("matmul", p, "wick", "gflops"), med("matmul", p, "pytorch", "gflops")
     step = med("train", p, "pytorch", "ms_per_step")

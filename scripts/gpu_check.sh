@@ -6,7 +6,9 @@
 #   scripts/gpu_check.sh [--device cuda|cuda:N|cpu] [--out DIR]
 #
 # With a Rust toolchain it builds what it runs (`--features cuda`). On a GPU machine without
-# one, give prebuilt binaries, built elsewhere with `scripts/build_cuda_carry.sh`:
+# one, give binaries built elsewhere (`cargo build --release --features cuda -p wick-cli`, and
+# the model tests' executable that `cargo test --release --features cuda -p wick-model
+# --no-run` names):
 #
 #   WICK_BIN=path/to/wick WICK_MODEL_TESTS=path/to/model-tests scripts/gpu_check.sh
 #

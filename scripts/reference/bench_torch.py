@@ -1,7 +1,10 @@
 #!/usr/bin/env python3
 """PyTorch side of `scripts/bench_vs_pytorch.sh`: the benchmark presets of `wick bench`
 written the way a PyTorch user would write them (nn.Linear, nn.LayerNorm, F.cross_entropy
-with label smoothing, torch.optim.Adam, eager mode), on exactly the shapes wick times.
+with label smoothing, torch.optim.Adam, eager mode), on exactly the shapes wick times. The
+`rnn` preset is a bidirectional nn.GRU encoder over the whole sequence (oneDNN/MKL kernels)
+and a decoder loop over nn.GRUCell with Bahdanau attention; `conv` is ConvS2S with nn.Conv1d,
+F.glu and weight normalisation (torch.nn.utils.parametrizations.weight_norm).
 
     python scripts/reference/bench_torch.py train --preset tiny [--steps 10] [--threads 2]
     python scripts/reference/bench_torch.py decode --preset tiny [--repeats 3]
@@ -43,6 +46,9 @@ PRESETS = {
     "small": (256, 8, 3, 1024, 8000),
     "base": (512, 8, 6, 2048, 16000),
 }
+# embedding, hidden, vocabulary; ConvS2S also encoder and decoder layers and kernel width.
+RNN_PRESET = (128, 256, 8000)
+CONV_PRESET = (256, 256, 8000, 4, 3, 3)
 MASKED = -1e9
 
 
@@ -176,10 +182,142 @@ class Transformer(nn.Module):
         return torch.cat(out, 1)
 
 
+class Rnn(nn.Module):
+    """Bidirectional GRU encoder (each direction hidden/2), bridge, GRUCell decoder with
+    Bahdanau attention before the step, tanh(W [s; c; e]) → output tied to the embedding."""
+
+    def __init__(self, e, h, vocab, p=0.1):
+        super().__init__()
+        self.embed = nn.Embedding(vocab, e)
+        self.encoder = nn.GRU(e, h // 2, batch_first=True, bidirectional=True)
+        self.bridge = nn.Linear(h, h)
+        self.cell = nn.GRUCell(e + h, h)
+        self.key = nn.Linear(h, h, bias=False)
+        self.query = nn.Linear(h, h, bias=False)
+        self.v = nn.Parameter(torch.randn(h) * h**-0.5)
+        self.combine = nn.Linear(2 * h + e, e)
+        self.out_bias = nn.Parameter(torch.zeros(vocab))
+        self.drop = nn.Dropout(p)
+
+    def encode(self, src, src_mask):
+        lengths = src_mask.sum(1).long()
+        packed = nn.utils.rnn.pack_padded_sequence(self.drop(self.embed(src)), lengths, batch_first=True, enforce_sorted=False)
+        out, last = self.encoder(packed)
+        states, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=src.shape[1])
+        h0 = torch.tanh(self.bridge(torch.cat([last[0], last[1]], -1)))
+        return (states, self.key(states), h0), ((1.0 - src_mask) * MASKED)
+
+    def step(self, memory, bias, emb, s):
+        states, keys, _ = memory
+        scores = (torch.tanh(keys + self.query(s)[:, None]) * self.v).sum(-1) + bias
+        c = torch.bmm(torch.softmax(scores, -1)[:, None], states)[:, 0]
+        s = self.cell(torch.cat([emb, c], -1), s)
+        return torch.tanh(self.combine(self.drop(torch.cat([s, c, emb], -1)))), s
+
+    def decode(self, memory, bias, tgt_in):
+        emb = self.drop(self.embed(tgt_in))
+        s = memory[2]
+        outs = []
+        for t in range(tgt_in.shape[1]):
+            o, s = self.step(memory, bias, emb[:, t], s)
+            outs.append(o)
+        return torch.stack(outs, 1) @ self.embed.weight.T + self.out_bias
+
+    @torch.no_grad()
+    def greedy(self, src, src_mask, bos, steps):
+        memory, bias = self.encode(src, src_mask)
+        s = memory[2]
+        tok = torch.full((src.shape[0],), bos, dtype=torch.long)
+        out = []
+        for _ in range(steps):
+            o, s = self.step(memory, bias, self.embed(tok), s)
+            tok = (o @ self.embed.weight.T + self.out_bias).argmax(-1)
+            out.append(tok[:, None])
+        return torch.cat(out, 1)
+
+
+def wn(module):
+    return nn.utils.parametrizations.weight_norm(module)
+
+
+class ConvS2S(nn.Module):
+    """fairseq's fconv: learned positions, weight-normalised Conv1d + GLU blocks with √½
+    residuals, an attention in every decoder layer, output tied to the embedding."""
+
+    def __init__(self, e, h, vocab, enc_layers, dec_layers, k, p=0.1):
+        super().__init__()
+        self.k, self.p = k, p
+        self.embed = nn.Embedding(vocab, e)
+        self.src_pos = nn.Embedding(256, e)
+        self.tgt_pos = nn.Embedding(256, e)
+        self.enc_in, self.enc_out = wn(nn.Linear(e, h)), wn(nn.Linear(h, e))
+        self.dec_in, self.dec_out = wn(nn.Linear(e, h)), wn(nn.Linear(h, e))
+        self.enc_convs = nn.ModuleList(wn(nn.Conv1d(h, 2 * h, k, padding=k // 2)) for _ in range(enc_layers))
+        self.dec_convs = nn.ModuleList(wn(nn.Conv1d(h, 2 * h, k)) for _ in range(dec_layers))
+        self.att_in = nn.ModuleList(wn(nn.Linear(h, e)) for _ in range(dec_layers))
+        self.att_out = nn.ModuleList(wn(nn.Linear(e, h)) for _ in range(dec_layers))
+        self.out_bias = nn.Parameter(torch.zeros(vocab))
+        self.drop = nn.Dropout(p)
+
+    def encode(self, src, src_mask):
+        pos = torch.arange(src.shape[1])
+        e = self.drop(self.embed(src) + self.src_pos(pos))
+        x = self.enc_in(e)
+        keep = src_mask[..., None]
+        for conv in self.enc_convs:
+            r = x
+            x = F.glu(conv((self.drop(x) * keep).transpose(1, 2)), dim=1).transpose(1, 2)
+            x = (x + r) * math.sqrt(0.5)
+        z = self.enc_out(x) * keep
+        scale = src_mask.sum(1).sqrt()[:, None, None]
+        return (z, (z + e) * math.sqrt(0.5), scale), ((1.0 - src_mask) * MASKED)[:, None, :]
+
+    def layers(self, memory, bias, g, x, windows=None):
+        z, values, scale = memory
+        for i, conv in enumerate(self.dec_convs):
+            r = x
+            x = self.drop(x).transpose(1, 2)
+            if windows is None:
+                x = F.pad(x, (self.k - 1, 0))
+            else:
+                windows[i] = x = torch.cat([windows[i], x], 2)[:, :, -self.k:]
+            x = F.glu(conv(x), dim=1).transpose(1, 2)
+            d = (self.att_in[i](x) + g) * math.sqrt(0.5)
+            a = torch.softmax(torch.bmm(d, z.transpose(1, 2)) + bias, -1)
+            c = torch.bmm(a, values) * scale
+            x = (self.att_out[i](c) + x) * math.sqrt(0.5)
+            x = (x + r) * math.sqrt(0.5)
+        return self.drop(self.dec_out(x)) @ self.embed.weight.T + self.out_bias
+
+    def decode(self, memory, bias, tgt_in):
+        g = self.drop(self.embed(tgt_in) + self.tgt_pos(torch.arange(tgt_in.shape[1])))
+        return self.layers(memory, bias, g, self.dec_in(g))
+
+    @torch.no_grad()
+    def greedy(self, src, src_mask, bos, steps):
+        memory, bias = self.encode(src, src_mask)
+        b = src.shape[0]
+        windows = [torch.zeros(b, conv.in_channels, self.k - 1) for conv in self.dec_convs]
+        tok = torch.full((b, 1), bos, dtype=torch.long)
+        out = []
+        for t in range(steps):
+            g = self.embed(tok) + self.tgt_pos(torch.tensor([t]))
+            tok = self.layers(memory, bias, g, self.dec_in(g), windows)[:, -1].argmax(-1, keepdim=True)
+            out.append(tok)
+        return torch.cat(out, 1)
+
+
 def build(args):
-    d, h, layers, ff, vocab = PRESETS[args.preset]
     torch.manual_seed(3)
-    model = Transformer(d, h, layers, ff, vocab)
+    if args.preset == "rnn":
+        e, h, vocab = RNN_PRESET
+        model = Rnn(e, h, vocab)
+    elif args.preset == "conv":
+        e, h, vocab, enc, dec, k = CONV_PRESET
+        model = ConvS2S(e, h, vocab, enc, dec, k)
+    else:
+        d, h, layers, ff, vocab = PRESETS[args.preset]
+        model = Transformer(d, h, layers, ff, vocab)
     params = sum(p.numel() for p in model.parameters())
     b, s, t = args.batch_size, args.src_len, args.tgt_len
     src = torch.randint(4, vocab, (b, s))
@@ -283,7 +421,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("what", choices=["train", "decode", "matmul"])
     ap.add_argument("--shapes", help="matmul: the JSON printed by `wick bench matmul --json`")
-    ap.add_argument("--preset", choices=list(PRESETS), default="tiny")
+    ap.add_argument("--preset", choices=list(PRESETS) + ["rnn", "conv"], default="tiny")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--src-len", type=int, default=24)
     ap.add_argument("--tgt-len", type=int, default=24)

@@ -30,7 +30,7 @@ fn split_parser() -> impl TypedValueParser<Value = Split> {
 }
 
 fn preset_parser() -> impl TypedValueParser<Value = Preset> {
-    one_of(&["tiny", "small", "base"])
+    one_of(&["tiny", "small", "base", "rnn", "conv"])
 }
 
 fn tokenizer_parser() -> impl TypedValueParser<Value = BleuTokenizer> {

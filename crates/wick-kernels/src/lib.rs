@@ -16,6 +16,7 @@
 //! | [`cross_entropy`] | label-smoothed cross-entropy, also fused with the output projection |
 //! | [`masked`] | dropout masks and residual sums |
 //! | [`embedding`] | token embedding lookup, scaling and positions in one node |
+//! | [`recurrent`] | GRU and LSTM cell steps (the gates of one time step) with their backward |
 //! | [`select`] | row selection of decoding buffers |
 //! | [`adamw`] | the AdamW update in place |
 //! | [`process`] | process settings for the fast path (allocator, thread pools) |
@@ -38,6 +39,7 @@ pub mod layer_norm;
 pub mod masked;
 pub mod panel;
 pub mod process;
+pub mod recurrent;
 pub mod rows;
 pub mod scope;
 pub mod select;

@@ -168,3 +168,39 @@ pub fn xavier_uniform(fan_in: usize, fan_out: usize) -> Init {
     let a = (6.0 / (fan_in + fan_out) as f64).sqrt();
     Init::Uniform { lo: -a, up: a }
 }
+
+/// Replaces each `(block, n)` row block of a freshly drawn `(k·block, n)` Gaussian weight by
+/// an orthogonal matrix (Saxe et al., 2014; for recurrent weights, one per gate): the rows of
+/// each block are orthonormalised in order (modified Gram–Schmidt in f64), which is the
+/// Q of its QR factorisation with a positive diagonal, so the result is uniformly (Haar)
+/// distributed and follows from the seed. Writes in place, so call it only on a parameter
+/// that was just created.
+pub fn orthogonal_blocks(weight: &Tensor, block: usize) -> Result<()> {
+    let (rows, n) = weight.dims2()?;
+    if block == 0 || !rows.is_multiple_of(block) || block > n {
+        candle_core::bail!(
+            "orthogonal init: {rows} rows do not split into blocks of {block} orthonormal rows of width {n}"
+        )
+    }
+    let values: Vec<f64> = weight.to_dtype(DType::F64)?.flatten_all()?.to_vec1()?;
+    let mut out = Vec::with_capacity(values.len());
+    for chunk in values.chunks(block * n) {
+        let mut q: Vec<Vec<f64>> = Vec::with_capacity(block);
+        for row in chunk.chunks(n) {
+            let mut v = row.to_vec();
+            for u in &q {
+                let dot: f64 = v.iter().zip(u).map(|(a, b)| a * b).sum();
+                v.iter_mut().zip(u).for_each(|(a, b)| *a -= dot * b);
+            }
+            let norm = v.iter().map(|a| a * a).sum::<f64>().sqrt();
+            if norm < 1e-12 {
+                candle_core::bail!("orthogonal init: a degenerate draw (rows not independent)")
+            }
+            v.iter_mut().for_each(|a| *a /= norm);
+            q.push(v);
+        }
+        out.extend(q.into_iter().flatten().map(|a| a as f32));
+    }
+    let ortho = Tensor::from_vec(out, (rows, n), weight.device())?.to_dtype(weight.dtype())?;
+    weight.slice_set(&ortho, 0, 0)
+}

@@ -5,6 +5,8 @@
 //!                                                                  │ the Seq2Seq contract
 //! transformer/ (arch = "transformer") ── implements Seq2Seq ───────┤
 //!     uses attention/ (multi-head, caches) and layers/             │
+//! rnn/ (arch = "rnn": GRU/LSTM, Bahdanau/Luong) ── Seq2Seq ─────────┤
+//! conv/ (arch = "conv": ConvS2S) ── Seq2Seq ────────────────────────┤
 //!                                                                  ▼
 //!                         search (greedy, beam), loss (label-smoothed CE)
 //! every op ─▶ ops (the one kernel-or-reference decision) ─▶ wick_kernels | Candle ops
@@ -43,6 +45,7 @@
 #![forbid(unsafe_code)]
 
 pub mod attention;
+pub mod conv;
 pub mod init;
 pub mod layers;
 pub mod loss;
@@ -50,6 +53,7 @@ pub mod mask;
 pub mod model;
 pub mod ops;
 pub mod registry;
+pub mod rnn;
 pub mod search;
 pub mod transformer;
 

@@ -15,15 +15,21 @@ use candle_nn::VarBuilder;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use crate::conv::ConvConfig;
 use crate::layers::DropoutRng;
 use crate::model::{Model, Seq2Seq, StepCost, VocabSizes};
+use crate::rnn::RnnConfig;
 use crate::transformer::TransformerConfig;
 
 /// The architecture a `[model]` table without `arch` describes.
 pub const DEFAULT_ARCH: &str = "transformer";
 
 /// Every architecture this crate offers: one line each.
-static BUILTIN: &[Architecture] = &[Architecture::of::<TransformerConfig>()];
+static BUILTIN: &[Architecture] = &[
+    Architecture::of::<TransformerConfig>(),
+    Architecture::of::<RnnConfig>(),
+    Architecture::of::<ConvConfig>(),
+];
 
 /// Architectures added at run time by [`register`].
 static REGISTERED: RwLock<Vec<Architecture>> = RwLock::new(Vec::new());

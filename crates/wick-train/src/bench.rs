@@ -14,26 +14,39 @@ use wick_model::{
 use crate::optim::AdamW;
 use crate::run::memory_mb;
 
-/// Benchmark model sizes: Transformers, post-norm, sinusoidal positions, all embeddings tied,
-/// dropout 0.1.
+/// Benchmark model sizes. The Transformers are post-norm with sinusoidal positions; every
+/// preset ties all embeddings and has dropout 0.1.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Preset {
-    /// d_model 128, 4 heads, 2+2 layers, d_ff 512, vocabulary 8000.
+    /// Transformer: d_model 128, 4 heads, 2+2 layers, d_ff 512, vocabulary 8000.
     Tiny,
-    /// d_model 256, 8 heads, 3+3 layers, d_ff 1024, vocabulary 8000.
+    /// Transformer: d_model 256, 8 heads, 3+3 layers, d_ff 1024, vocabulary 8000.
     Small,
-    /// d_model 512, 8 heads, 6+6 layers, d_ff 2048, vocabulary 16000.
+    /// Transformer: d_model 512, 8 heads, 6+6 layers, d_ff 2048, vocabulary 16000.
     Base,
+    /// RNN: GRU, Bahdanau attention, embeddings 128, hidden 256 (encoder 2 × 128), 1+1
+    /// layers, vocabulary 8000.
+    Rnn,
+    /// ConvS2S: embeddings 256, 256 channels, 4+3 layers, kernel 3, vocabulary 8000.
+    Conv,
 }
 
 impl Preset {
-    pub const ALL: [Preset; 3] = [Preset::Tiny, Preset::Small, Preset::Base];
+    pub const ALL: [Preset; 5] = [
+        Preset::Tiny,
+        Preset::Small,
+        Preset::Base,
+        Preset::Rnn,
+        Preset::Conv,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             Preset::Tiny => "tiny",
             Preset::Small => "small",
             Preset::Base => "base",
+            Preset::Rnn => "rnn",
+            Preset::Conv => "conv",
         }
     }
 
@@ -43,6 +56,22 @@ impl Preset {
             Preset::Tiny => (128, 4, 2, 512, 8000),
             Preset::Small => (256, 8, 3, 1024, 8000),
             Preset::Base => (512, 8, 6, 2048, 16000),
+            Preset::Rnn => {
+                return Self::parse(
+                    "arch = \"rnn\"\ncell = \"gru\"\nattention = \"bahdanau\"\n\
+                     embedding_dim = 128\nhidden_size = 256\nencoder_layers = 1\n\
+                     decoder_layers = 1\ndropout = 0.1\ntie_embeddings = \"all\"",
+                    8000,
+                );
+            }
+            Preset::Conv => {
+                return Self::parse(
+                    "arch = \"conv\"\nembedding_dim = 256\nhidden_size = 256\n\
+                     encoder_layers = 4\ndecoder_layers = 3\nkernel_size = 3\ndropout = 0.1\n\
+                     max_positions = 256\ntie_embeddings = \"all\"",
+                    8000,
+                );
+            }
         };
         let text = format!(
             "arch = \"transformer\"\nd_model = {d}\nn_heads = {h}\nencoder_layers = {l}\n\
@@ -50,9 +79,12 @@ impl Preset {
              activation_dropout = 0.0\nnorm = \"post\"\ntie_embeddings = \"all\"\n\
              max_positions = 256\nlayer_norm_eps = 1e-5"
         );
+        Self::parse(&text, v)
+    }
+
+    fn parse(text: &str, vocab: usize) -> (ModelConfig, usize) {
         // The text is fixed here; a failure is a bug every bench test would catch.
-        let cfg = ModelConfig::parse(&text).unwrap_or_default();
-        (cfg, v)
+        (ModelConfig::parse(text).unwrap_or_default(), vocab)
     }
 }
 
@@ -63,7 +95,9 @@ impl std::str::FromStr for Preset {
         Preset::ALL
             .into_iter()
             .find(|p| p.name() == s)
-            .ok_or_else(|| format!("unknown preset `{s}` (expected tiny, small or base)"))
+            .ok_or_else(|| {
+                format!("unknown preset `{s}` (expected tiny, small, base, rnn or conv)")
+            })
     }
 }
 

@@ -137,15 +137,25 @@ fn model_arch_is_named_and_checked() {
         .expect_err("unknown arch")
         .to_string();
     assert!(
-        e.contains("model.arch") && e.contains("lstm9") && e.contains("\"transformer\""),
+        e.contains("model.arch")
+            && e.contains("lstm9")
+            && e.contains("\"transformer\", \"rnn\", \"conv\""),
         "{e}"
     );
     // A key no architecture has: named, with the keys the architecture takes.
-    let e = load(EMBEDDED_DEFAULT, &["model.hidden_size=3"])
+    let e = load(EMBEDDED_DEFAULT, &["model.hiden_size=3"])
         .expect_err("unknown key")
         .to_string();
     assert!(
-        e.contains("model.hidden_size") && e.contains("d_model"),
+        e.contains("model.hiden_size") && e.contains("d_model"),
+        "{e}"
+    );
+    // A key of another architecture: named, with the architecture it belongs to.
+    let e = load(EMBEDDED_DEFAULT, &["model.hidden_size=3"])
+        .expect_err("key of the RNN")
+        .to_string();
+    assert!(
+        e.contains("model.hidden_size") && e.contains("arch = \"rnn\""),
         "{e}"
     );
 }

@@ -166,7 +166,7 @@ pub(crate) fn cmd_bench_decode(a: BenchDecodeArgs) -> Result<()> {
                 device,
             })?
         }
-        (None, None) => bail!("give --run DIR or --preset tiny|small|base"),
+        (None, None) => bail!("give --run DIR or --preset tiny|small|base|rnn|conv"),
     };
     if a.json {
         println!("{}", serde_json::to_string(&timings)?);

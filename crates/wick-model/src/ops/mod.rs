@@ -345,3 +345,31 @@ pub fn attention(
         reference::attention(q, kv, bias, heads, mask)
     }
 }
+
+/// A GRU step from its two projections (with biases), gate layout `r, z, n`:
+/// `h' = n + z·(h − n)`, `r = σ(a_r + b_r)`, `z = σ(a_z + b_z)`, `n = tanh(a_n + r·b_n)`.
+///
+/// # Shapes
+/// gi, gh `(b, 3H)`, h `(b, H)` → `(b, H)`.
+pub fn gru_cell(gi: &Tensor, gh: &Tensor, h: &Tensor) -> Result<Tensor> {
+    if use_kernels(gi) && gh.dtype() == DType::F32 && h.dtype() == DType::F32 {
+        k::recurrent::gru_cell(gi, gh, h)
+    } else {
+        reference::gru_cell(gi, gh, h)
+    }
+}
+
+/// An LSTM step from its two projections (with biases), gate layout `i, f, g, o`:
+/// `c' = σ(f)·c + σ(i)·tanh(g)`, `h' = σ(o)·tanh(c')`.
+///
+/// # Shapes
+/// gi, gh `(b, 4H)`, c `(b, H)` → `(h', c')`, `(b, H)` each.
+pub fn lstm_cell(gi: &Tensor, gh: &Tensor, c: &Tensor) -> Result<(Tensor, Tensor)> {
+    let d = c.dim(1)?;
+    let hc = if use_kernels(gi) && gh.dtype() == DType::F32 && c.dtype() == DType::F32 {
+        k::recurrent::lstm_cell(gi, gh, c)?
+    } else {
+        reference::lstm_cell(gi, gh, c)?
+    };
+    Ok((hc.narrow(1, 0, d)?, hc.narrow(1, d, d)?))
+}

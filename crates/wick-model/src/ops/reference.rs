@@ -236,3 +236,31 @@ pub fn attention_qkv(
         mask,
     )
 }
+
+/// A GRU step from its two projections: `(b, 3H)`, `(b, 3H)`, h `(b, H)` → `(b, H)`.
+pub fn gru_cell(gi: &Tensor, gh: &Tensor, h: &Tensor) -> Result<Tensor> {
+    let d = h.dim(D::Minus1)?;
+    let rz = candle_nn::ops::sigmoid(
+        &(gi.narrow(D::Minus1, 0, 2 * d)? + gh.narrow(D::Minus1, 0, 2 * d)?)?,
+    )?;
+    let r = rz.narrow(D::Minus1, 0, d)?;
+    let z = rz.narrow(D::Minus1, d, d)?;
+    let n = (gi.narrow(D::Minus1, 2 * d, d)? + (r * gh.narrow(D::Minus1, 2 * d, d)?)?)?.tanh()?;
+    // (1 − z)·n + z·h = n + z·(h − n)
+    &n + (z * (h - &n)?)?
+}
+
+/// An LSTM step from its two projections: `(b, 4H)`, `(b, 4H)`, c `(b, H)` → `[h' | c']`
+/// `(b, 2H)`.
+pub fn lstm_cell(gi: &Tensor, gh: &Tensor, c: &Tensor) -> Result<Tensor> {
+    let d = c.dim(D::Minus1)?;
+    let gates = (gi + gh)?;
+    let i_f = candle_nn::ops::sigmoid(&gates.narrow(D::Minus1, 0, 2 * d)?)?;
+    let i = i_f.narrow(D::Minus1, 0, d)?;
+    let f = i_f.narrow(D::Minus1, d, d)?;
+    let g = gates.narrow(D::Minus1, 2 * d, d)?.tanh()?;
+    let o = candle_nn::ops::sigmoid(&gates.narrow(D::Minus1, 3 * d, d)?)?;
+    let c_new = ((f * c)? + (i * g)?)?;
+    let h_new = (o * c_new.tanh()?)?;
+    Tensor::cat(&[&h_new, &c_new], D::Minus1)
+}

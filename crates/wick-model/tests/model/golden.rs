@@ -1,7 +1,8 @@
 //! Golden values from an independent PyTorch implementation of the same model with the same
 //! weights: logits, label-smoothed loss and the gradient of every parameter, on the kernel
 //! path and on the forced reference path.
-//! The fixtures are written by `scripts/reference/golden_transformer.py` (PyTorch 2.15).
+//! The fixtures are written by `scripts/reference/golden_transformer.py` and
+//! `scripts/reference/golden_rnn.py` and `golden_conv.py` (PyTorch 2.15); each names its `[model]` table.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -9,8 +10,7 @@ use std::path::Path;
 use crate::common::device;
 use candle_core::{DType, Result, Tensor};
 use wick_model::loss::label_smoothed_cross_entropy;
-use wick_model::transformer::{Transformer, TransformerConfig};
-use wick_model::{DropoutRng, ParamStore, Seq2Seq, VocabSizes};
+use wick_model::{DropoutRng, ModelConfig, ParamStore, Seq2Seq, VocabSizes};
 
 fn max_rel_diff(a: &Tensor, b: &Tensor) -> f32 {
     let diff = (a - b)
@@ -34,7 +34,8 @@ fn check(name: &str) -> Result<()> {
     let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).expect("fixture header");
     let meta = header.metadata().clone().expect("fixture metadata");
     let tensors = candle_core::safetensors::load_buffer(&bytes, &device())?;
-    let cfg: TransformerConfig = serde_json::from_str(&meta["config"]).expect("config");
+    // The fixture's `[model]` table (without `arch`: a Transformer).
+    let cfg: ModelConfig = serde_json::from_str(&meta["config"]).expect("config");
     let v: usize = meta["vocab"].parse().expect("vocab");
     let eps: f64 = meta["label_smoothing"].parse().expect("label smoothing");
     let params: HashMap<String, Tensor> = tensors
@@ -45,8 +46,7 @@ fn check(name: &str) -> Result<()> {
         .map(|(k, t)| (k.clone(), t.clone()))
         .collect();
     let store = ParamStore::new(0);
-    let model = Transformer::new(
-        &cfg,
+    let model = cfg.build(
         VocabSizes { src: v, tgt: v },
         DropoutRng::new(0),
         store.var_builder(DType::F32, &device()),
@@ -101,8 +101,48 @@ fn post_norm_decoder_tied_matches_pytorch() -> Result<()> {
     check("golden_post_decoder")
 }
 
+fn rnn_gru_bahdanau_matches_pytorch() -> Result<()> {
+    check("golden_rnn_gru_bahdanau")
+}
+
+fn rnn_lstm_bahdanau_matches_pytorch() -> Result<()> {
+    check("golden_rnn_lstm_bahdanau")
+}
+
+fn rnn_gru_luong_dot_without_input_feeding_matches_pytorch() -> Result<()> {
+    check("golden_rnn_gru_luong_dot")
+}
+
+fn rnn_lstm_luong_dot_matches_pytorch() -> Result<()> {
+    check("golden_rnn_lstm_luong_dot")
+}
+
+fn rnn_lstm_luong_general_matches_pytorch() -> Result<()> {
+    check("golden_rnn_lstm_luong_general")
+}
+
+fn rnn_gru_luong_concat_matches_pytorch() -> Result<()> {
+    check("golden_rnn_gru_luong_concat")
+}
+
+fn conv_kernel_3_matches_pytorch() -> Result<()> {
+    check("golden_conv_k3")
+}
+
+fn conv_kernel_5_matches_pytorch() -> Result<()> {
+    check("golden_conv_k5")
+}
+
 on_both_paths!(
+    conv_kernel_3_matches_pytorch,
+    conv_kernel_5_matches_pytorch,
     post_norm_all_tied_matches_pytorch,
     pre_norm_untied_matches_pytorch,
     post_norm_decoder_tied_matches_pytorch,
+    rnn_gru_bahdanau_matches_pytorch,
+    rnn_lstm_bahdanau_matches_pytorch,
+    rnn_gru_luong_dot_without_input_feeding_matches_pytorch,
+    rnn_lstm_luong_dot_matches_pytorch,
+    rnn_lstm_luong_general_matches_pytorch,
+    rnn_gru_luong_concat_matches_pytorch,
 );

@@ -7,6 +7,7 @@
 
 #[macro_use]
 mod common;
+mod architectures;
 mod attention_ops;
 mod golden;
 mod invariants;

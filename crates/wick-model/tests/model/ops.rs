@@ -480,6 +480,44 @@ fn affine_without_bias_and_projection_with_bias_match_reference() -> Result<()> 
 }
 
 #[test]
+fn recurrent_cell_kernels_match_reference() -> Result<()> {
+    for (rows, d, seed) in [(1, 1, 1), (3, 5, 2), (64, 128, 3), (7, 33, 4)] {
+        // Pre-activations up to ±8, so that the gates saturate in places.
+        let gi3 = (randn(&[rows, 3 * d], seed)? * 4.0)?;
+        let gh3 = (randn(&[rows, 3 * d], seed + 1)? * 4.0)?;
+        let gi4 = (randn(&[rows, 4 * d], seed + 2)? * 4.0)?;
+        let gh4 = (randn(&[rows, 4 * d], seed + 3)? * 4.0)?;
+        let state = randn(&[rows, d], seed + 4)?;
+        let check =
+            |what: &str, a: (Tensor, Vec<Tensor>), r: (Tensor, Vec<Tensor>)| -> Result<()> {
+                assert!(max_diff(&a.0, &r.0)? < 2e-6, "{what} forward ({rows}×{d})");
+                for (k, (ga, gr)) in a.1.iter().zip(&r.1).enumerate() {
+                    let diff = max_diff(ga, gr)?;
+                    assert!(diff < 2e-5, "{what} gradient {k} ({rows}×{d}): {diff}");
+                }
+                Ok(())
+            };
+        let gru = [gi3, gh3, state.clone()];
+        check(
+            "GRU",
+            value_and_grads(|t| ops::gru_cell(&t[0], &t[1], &t[2]), &gru, 5)?,
+            value_and_grads(|t| ops::reference::gru_cell(&t[0], &t[1], &t[2]), &gru, 5)?,
+        )?;
+        let lstm = [gi4, gh4, state];
+        let fused = |t: &[Tensor]| {
+            let (h, c) = ops::lstm_cell(&t[0], &t[1], &t[2])?;
+            Tensor::cat(&[&h, &c], 1)
+        };
+        check(
+            "LSTM",
+            value_and_grads(fused, &lstm, 6)?,
+            value_and_grads(|t| ops::reference::lstm_cell(&t[0], &t[1], &t[2]), &lstm, 6)?,
+        )?;
+    }
+    Ok(())
+}
+
+#[test]
 fn the_reference_path_reaches_no_kernel() -> Result<()> {
     let x = randn(&[4, 8], 1)?;
     // Forced on this thread: the dispatch picks the composed twin, and a kernel called
