@@ -80,6 +80,34 @@ pub struct DataShape {
 }
 
 impl DataShape {
+    /// Both vocabularies, once known, have entries.
+    pub fn check_vocab(&self) -> Result<(), KeyError> {
+        match self.vocab {
+            Some(v) if v.src == 0 || v.tgt == 0 => Err(KeyError::new("", "empty vocabulary")),
+            _ => Ok(()),
+        }
+    }
+
+    /// A position table of `max_positions` (`model.max_positions`) covers `<s>`, one token
+    /// and, once known, the longest training pair with `<s>`/`</s>`.
+    pub fn check_max_positions(&self, max_positions: usize) -> Result<(), KeyError> {
+        if max_positions < 2 {
+            return Err(KeyError::new(
+                "max_positions",
+                "must be at least 2 (<s> and one token)",
+            ));
+        }
+        match self.max_len {
+            Some(max_len) if max_positions < max_len + 2 => Err(KeyError::new(
+                "max_positions",
+                format!(
+                    "{max_positions} is too small for data.max_len = {max_len} (needs max_len + 2)"
+                ),
+            )),
+            _ => Ok(()),
+        }
+    }
+
     /// What a model built for these vocabularies can check: a joint vocabulary has one size.
     pub fn of_vocab(vocab: VocabSizes) -> Self {
         Self {

@@ -78,48 +78,9 @@ impl ArchConfig for ConvConfig {
                 format!("must be in [0, 1), got {}", self.dropout),
             ));
         }
-        if self.max_positions < 2 {
-            return Err(KeyError::new(
-                "max_positions",
-                "must be at least 2 (<s> and one token)",
-            ));
-        }
-        if let Some(max_len) = data.max_len
-            && self.max_positions < max_len + 2
-        {
-            return Err(KeyError::new(
-                "max_positions",
-                format!(
-                    "{} is too small for data.max_len = {max_len} (needs max_len + 2)",
-                    self.max_positions
-                ),
-            ));
-        }
-        if self.tie_embeddings == Tying::All {
-            if !data.joint_vocab {
-                return Err(KeyError::new(
-                    "tie_embeddings",
-                    "\"all\" needs data.joint_vocab = true",
-                ));
-            }
-            if let Some(v) = data.vocab
-                && v.src != v.tgt
-            {
-                return Err(KeyError::new(
-                    "tie_embeddings",
-                    format!(
-                        "\"all\" needs one joint vocabulary, got source {} and target {}",
-                        v.src, v.tgt
-                    ),
-                ));
-            }
-        }
-        if let Some(v) = data.vocab
-            && (v.src == 0 || v.tgt == 0)
-        {
-            return Err(KeyError::new("", "empty vocabulary"));
-        }
-        Ok(())
+        self.tie_embeddings.check(data)?;
+        data.check_vocab()?;
+        data.check_max_positions(self.max_positions)
     }
 
     fn build(

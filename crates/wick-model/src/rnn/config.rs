@@ -157,31 +157,8 @@ impl ArchConfig for RnnConfig {
                 format!("must be in [0, 1), got {}", self.dropout),
             ));
         }
-        if self.tie_embeddings == Tying::All {
-            if !data.joint_vocab {
-                return Err(KeyError::new(
-                    "tie_embeddings",
-                    "\"all\" needs data.joint_vocab = true",
-                ));
-            }
-            if let Some(v) = data.vocab
-                && v.src != v.tgt
-            {
-                return Err(KeyError::new(
-                    "tie_embeddings",
-                    format!(
-                        "\"all\" needs one joint vocabulary, got source {} and target {}",
-                        v.src, v.tgt
-                    ),
-                ));
-            }
-        }
-        if let Some(v) = data.vocab
-            && (v.src == 0 || v.tgt == 0)
-        {
-            return Err(KeyError::new("", "empty vocabulary"));
-        }
-        Ok(())
+        self.tie_embeddings.check(data)?;
+        data.check_vocab()
     }
 
     fn build(

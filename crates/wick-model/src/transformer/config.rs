@@ -31,6 +31,31 @@ pub enum Tying {
     All,
 }
 
+impl Tying {
+    /// `all` needs one joint vocabulary (`model.tie_embeddings` names the problem).
+    pub fn check(self, data: &DataShape) -> Result<(), KeyError> {
+        if self != Tying::All {
+            return Ok(());
+        }
+        if !data.joint_vocab {
+            return Err(KeyError::new(
+                "tie_embeddings",
+                "\"all\" needs data.joint_vocab = true",
+            ));
+        }
+        match data.vocab {
+            Some(v) if v.src != v.tgt => Err(KeyError::new(
+                "tie_embeddings",
+                format!(
+                    "\"all\" needs one joint vocabulary, got source {} and target {}",
+                    v.src, v.tgt
+                ),
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
 /// Transformer architecture. Vocabulary sizes come from the tokenizer ([`VocabSizes`]).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -134,48 +159,9 @@ impl ArchConfig for TransformerConfig {
                 format!("must be a positive number, got {}", self.layer_norm_eps),
             ));
         }
-        if self.tie_embeddings == Tying::All {
-            if !data.joint_vocab {
-                return Err(err(
-                    "tie_embeddings",
-                    "\"all\" needs data.joint_vocab = true",
-                ));
-            }
-            if let Some(v) = data.vocab
-                && v.src != v.tgt
-            {
-                return Err(err(
-                    "tie_embeddings",
-                    format!(
-                        "\"all\" needs one joint vocabulary, got source {} and target {}",
-                        v.src, v.tgt
-                    ),
-                ));
-            }
-        }
-        if let Some(v) = data.vocab
-            && (v.src == 0 || v.tgt == 0)
-        {
-            return Err(err("", "empty vocabulary"));
-        }
-        if self.max_positions < 2 {
-            return Err(err(
-                "max_positions",
-                "must be at least 2 (<s> and one token)",
-            ));
-        }
-        if let Some(max_len) = data.max_len
-            && self.max_positions < max_len + 2
-        {
-            return Err(err(
-                "max_positions",
-                format!(
-                    "{} is too small for data.max_len = {max_len} (needs max_len + 2)",
-                    self.max_positions
-                ),
-            ));
-        }
-        Ok(())
+        self.tie_embeddings.check(data)?;
+        data.check_vocab()?;
+        data.check_max_positions(self.max_positions)
     }
 
     fn build(
