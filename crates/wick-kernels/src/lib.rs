@@ -16,7 +16,7 @@
 //! | [`cross_entropy`] | label-smoothed cross-entropy, also fused with the output projection |
 //! | [`masked`] | dropout masks and residual sums |
 //! | [`embedding`] | token embedding lookup, scaling and positions in one node |
-//! | [`recurrent`] | GRU and LSTM cell steps (the gates of one time step) with their backward |
+//! | [`recurrent`] | GRU and LSTM cell steps, and additive attention scores, with their backward |
 //! | [`select`] | row selection of decoding buffers |
 //! | [`adamw`] | the AdamW update in place |
 //! | [`process`] | process settings for the fast path (allocator, thread pools) |

@@ -1,4 +1,5 @@
-//! GRU and LSTM cells: one time step's gates from the two projections, as one autograd node.
+//! GRU and LSTM cells: one time step's gates from the two projections, as one autograd node;
+//! and the additive attention score of the RNN decoders, which runs at every step too.
 //!
 //! The products `x·W_ihᵀ + b_ih` (all time steps at once where the inputs are known) and
 //! `h·W_hhᵀ + b_hh` stay with the affine kernel; what is left of a step is a dozen elementwise
@@ -286,4 +287,202 @@ pub fn gru_cell(gi: &Tensor, gh: &Tensor, h: &Tensor) -> Result<Tensor> {
 /// gi, gh `(b, 4H)`, c `(b, H)` → `[h' | c']` `(b, 2H)`.
 pub fn lstm_cell(gi: &Tensor, gh: &Tensor, c: &Tensor) -> Result<Tensor> {
     step(Cell::Lstm, gi, gh, c)
+}
+
+/// `vᵀ tanh(K[s] + q)` of one sentence, for every source position: the tanh of a whole key
+/// row first, in a plain elementwise loop that vectorises, then its dot product with `v` in
+/// eight lanes. This is most of an RNN decoding step's arithmetic besides the products.
+#[multiversion(targets("x86_64+avx512f+avx2+fma", "x86_64+avx2+fma"))]
+fn additive_row(out: &mut [f32], keys: &[f32], q: &[f32], v: &[f32]) {
+    let d = q.len();
+    let mut t = vec![0f32; d];
+    for (o, k) in out.iter_mut().zip(keys.chunks_exact(d)) {
+        for ((t, &k), &q) in t.iter_mut().zip(k).zip(q) {
+            *t = tanh(k + q);
+        }
+        let mut acc = [0f32; 8];
+        let (tc, vc) = (t.chunks_exact(8), v.chunks_exact(8));
+        let rest: f32 = tc
+            .remainder()
+            .iter()
+            .zip(vc.remainder())
+            .map(|(a, b)| a * b)
+            .sum();
+        for (a, b) in tc.zip(vc) {
+            for l in 0..8 {
+                acc[l] += a[l] * b[l];
+            }
+        }
+        *o = acc.iter().sum::<f32>() + rest;
+    }
+}
+
+/// Backward of [`additive_row`] for one sentence: `∂K` into `dk`, `∂q` into `dq`, and this
+/// sentence's part of `∂v` added into `dv`.
+#[multiversion(targets("x86_64+avx512f+avx2+fma", "x86_64+avx2+fma"))]
+fn additive_backward_row(
+    dk: &mut [f32],
+    dq: &mut [f32],
+    dv: &mut [f32],
+    keys: &[f32],
+    q: &[f32],
+    v: &[f32],
+    g: &[f32],
+) {
+    let d = q.len();
+    let mut t = vec![0f32; d];
+    dq.fill(0.0);
+    for ((dkr, k), &gs) in dk.chunks_exact_mut(d).zip(keys.chunks_exact(d)).zip(g) {
+        // As forward: the tanh of the row first, so that both loops vectorise.
+        for ((t, &k), &q) in t.iter_mut().zip(k).zip(q) {
+            *t = tanh(k + q);
+        }
+        for ((((dk, &t), &v), dq), dv) in dkr
+            .iter_mut()
+            .zip(&t)
+            .zip(v)
+            .zip(dq.iter_mut())
+            .zip(dv.iter_mut())
+        {
+            let dpre = gs * v * (1.0 - t * t);
+            *dk = dpre;
+            *dq += dpre;
+            *dv += gs * t;
+        }
+    }
+}
+
+/// Additive (Bahdanau) attention scores `vᵀ tanh(K + W_q q)`, with the query already
+/// projected: `(keys (b, s, H), q (b, H), v (H)) → (b, s)`.
+struct AdditiveScores;
+
+impl CustomOp3 for AdditiveScores {
+    fn name(&self) -> &'static str {
+        "wick-additive-scores"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let what = self.name();
+        let (keys, q, v) = (
+            slice(s1, l1, what)?,
+            slice(s2, l2, what)?,
+            slice(s3, l3, what)?,
+        );
+        let (b, s, d) = l1.shape().dims3()?;
+        let mut out = vec![0f32; b * s];
+        for_rows(&mut out, s, |r, o| {
+            additive_row(
+                o,
+                &keys[r * s * d..(r + 1) * s * d],
+                &q[r * d..(r + 1) * d],
+                v,
+            )
+        });
+        Ok((CpuStorage::F32(out), Shape::from((b, s))))
+    }
+
+    fn bwd(
+        &self,
+        keys: &Tensor,
+        q: &Tensor,
+        v: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (b, s, d) = keys.dims3()?;
+        // q and the scores' gradient side by side: the backward op has three inputs.
+        let q_grad = Tensor::cat(&[q, &grad.contiguous()?], 1)?;
+        let packed = keys.apply_op3_no_bwd(&q_grad, v, &AdditiveBackward)?;
+        let dk = packed.narrow(0, 0, b * s * d)?.reshape((b, s, d))?;
+        let dq = packed.narrow(0, b * s * d, b * d)?.reshape((b, d))?;
+        let dv = packed.narrow(0, b * s * d + b * d, d)?;
+        Ok((Some(dk), Some(dq), Some(dv)))
+    }
+}
+
+/// `(keys, [q | ∂scores], v) → [∂K (b·s·H) | ∂q (b·H) | ∂v (H)]` of [`AdditiveScores`].
+struct AdditiveBackward;
+
+impl CustomOp3 for AdditiveBackward {
+    fn name(&self) -> &'static str {
+        "wick-additive-scores-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let what = self.name();
+        let (keys, qg, v) = (
+            slice(s1, l1, what)?,
+            slice(s2, l2, what)?,
+            slice(s3, l3, what)?,
+        );
+        let (b, s, d) = l1.shape().dims3()?;
+        let mut out = vec![0f32; b * s * d + b * d + d];
+        let (dk, rest) = out.split_at_mut(b * s * d);
+        let (dq, dv) = rest.split_at_mut(b * d);
+        // Sentences in parallel, each with its own ∂v, summed at the end.
+        use rayon::prelude::*;
+        let partial: Vec<Vec<f32>> = dk
+            .par_chunks_mut(s * d)
+            .zip(dq.par_chunks_mut(d))
+            .enumerate()
+            .map(|(r, (dkr, dqr))| {
+                let mut dvr = vec![0f32; d];
+                let row = &qg[r * (d + s)..(r + 1) * (d + s)];
+                let (q, g) = row.split_at(d);
+                additive_backward_row(
+                    dkr,
+                    dqr,
+                    &mut dvr,
+                    &keys[r * s * d..(r + 1) * s * d],
+                    q,
+                    v,
+                    g,
+                );
+                dvr
+            })
+            .collect();
+        for p in partial {
+            for (o, x) in dv.iter_mut().zip(p) {
+                *o += x;
+            }
+        }
+        Ok((CpuStorage::F32(out), Shape::from(b * s * d + b * d + d)))
+    }
+}
+
+/// Additive attention scores `Σ_k v_k tanh(K[b, s, k] + q[b, k])`, differentiable in all three
+/// operands: the `(b, s, H)` tanh that composed ops would materialise (and keep for backward)
+/// at every decoding step is never stored, and backward recomputes it.
+///
+/// # Shapes
+/// keys `(b, s, H)`, q `(b, H)`, v `(H,)` → `(b, s)`.
+pub fn additive_scores(keys: &Tensor, q: &Tensor, v: &Tensor) -> Result<Tensor> {
+    crate::enter("additive-scores", &[keys, q, v])?;
+    let (b, _, d) = keys.dims3()?;
+    if q.dims2()? != (b, d) || v.dims1()? != d {
+        bail!(
+            "additive scores: keys {:?}, query {:?}, v {:?}",
+            keys.dims(),
+            q.dims(),
+            v.dims()
+        )
+    }
+    keys.contiguous()?
+        .apply_op3(&q.contiguous()?, &v.contiguous()?, AdditiveScores)
 }

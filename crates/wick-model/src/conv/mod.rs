@@ -28,7 +28,7 @@ use candle_nn::{Init, VarBuilder};
 
 pub use self::config::ConvConfig;
 use self::layers::{GatedConv, WeightNormLinear};
-use crate::layers::{Dropout, DropoutRng};
+use crate::layers::{Dropout, DropoutRng, Linear};
 use crate::mask::key_padding_bias;
 use crate::model::{Memory, OutputLayer, Seq2Seq, VocabSizes};
 use crate::transformer::Tying;
@@ -67,6 +67,10 @@ pub struct ConvS2S {
     output_bias: Tensor,
     dropout: Dropout,
     rng: DropoutRng,
+    /// The output layer laid out for decoding, in copies made by [`Seq2Seq::for_decoding`]
+    /// (a decoding step's few rows against a `(V, e)` weight: packing it in every call would
+    /// cost more than the product).
+    output_for_decoding: Option<Linear>,
 }
 
 /// Decoding state of a [`ConvS2S`]: each decoder layer's last `k − 1` convolution inputs.
@@ -182,6 +186,7 @@ impl ConvS2S {
             output_bias,
             dropout: Dropout::new(cfg.dropout, rng.clone()),
             rng,
+            output_for_decoding: None,
         })
     }
 
@@ -235,6 +240,23 @@ impl ConvS2S {
         }
         let out = self.dropout.forward_t(&self.dec_out.forward(&h)?, train)?;
         Ok((out, probs))
+    }
+}
+
+impl ConvS2S {
+    /// The output layer as a layer laid out for decoding.
+    fn laid_out_output(&self) -> Result<Linear> {
+        let out = self.output_layer();
+        Linear::from_parts(out.weight.detach(), out.bias.map(|b| b.detach())).for_decoding()
+    }
+
+    /// Logits of decoding steps: `(b, e)` → `(b, V)`, on the laid-out output layer where
+    /// this is a copy for decoding.
+    fn project(&self, out: &Tensor) -> Result<Tensor> {
+        match &self.output_for_decoding {
+            Some(layer) => layer.forward(out),
+            None => self.output_layer().project(out),
+        }
     }
 }
 
@@ -338,6 +360,7 @@ impl Seq2Seq for ConvS2S {
                 .as_ref()
                 .map(WeightNormLinear::for_decoding)
                 .transpose()?,
+            output_for_decoding: Some(self.laid_out_output()?),
             ..self.clone()
         })
     }
@@ -377,7 +400,7 @@ impl Seq2Seq for ConvS2S {
         }
         cache.offset += 1;
         let out = self.dec_out.forward(&h)?.squeeze(1)?; // (b, e)
-        self.output_layer().project(&out)
+        self.project(&out)
     }
 
     fn select_cache(&self, cache: &ConvCache, indices: &Tensor) -> Result<ConvCache> {

@@ -373,3 +373,15 @@ pub fn lstm_cell(gi: &Tensor, gh: &Tensor, c: &Tensor) -> Result<(Tensor, Tensor
     };
     Ok((hc.narrow(1, 0, d)?, hc.narrow(1, d, d)?))
 }
+
+/// Additive attention scores `Σ_k v_k tanh(K[b, s, k] + q[b, k])` (Bahdanau; Luong's concat).
+///
+/// # Shapes
+/// keys `(b, s, H)`, q `(b, H)`, v `(H,)` → `(b, s)`.
+pub fn additive_scores(keys: &Tensor, q: &Tensor, v: &Tensor) -> Result<Tensor> {
+    if use_kernels(keys) && q.dtype() == DType::F32 && v.dtype() == DType::F32 {
+        k::recurrent::additive_scores(keys, q, v)
+    } else {
+        reference::additive_scores(keys, q, v)
+    }
+}

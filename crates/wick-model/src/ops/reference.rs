@@ -264,3 +264,11 @@ pub fn lstm_cell(gi: &Tensor, gh: &Tensor, c: &Tensor) -> Result<Tensor> {
     let h_new = (o * c_new.tanh()?)?;
     Tensor::cat(&[&h_new, &c_new], D::Minus1)
 }
+
+/// Additive attention scores: keys `(b, s, H)`, q `(b, H)`, v `(H,)` → `(b, s)`.
+pub fn additive_scores(keys: &Tensor, q: &Tensor, v: &Tensor) -> Result<Tensor> {
+    keys.broadcast_add(&q.unsqueeze(1)?)?
+        .tanh()?
+        .broadcast_mul(&v.reshape((1, 1, ()))?)?
+        .sum(D::Minus1)
+}

@@ -86,9 +86,7 @@ impl SourceAttention {
         let (b, s, _) = memory.states.dims3()?;
         let scores = match (self.kind.is_additive(), &self.query, &self.v, keys) {
             (true, Some(query), Some(v), Some(keys)) => {
-                let wq = query.forward(q)?.unsqueeze(1)?; // (b, 1, H)
-                let hidden = keys.broadcast_add(&wq)?.tanh()?; // (b, s, H)
-                hidden.broadcast_mul(&v.unsqueeze(0)?)?.sum(2)? // (b, s)
+                ops::additive_scores(keys, &query.forward(q)?, &v.squeeze(0)?)?
             }
             (false, _, _, keys) => {
                 let keys = keys.unwrap_or(&memory.states);

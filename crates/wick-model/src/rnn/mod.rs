@@ -61,6 +61,10 @@ pub struct Rnn {
     combine: Linear,
     dropout: Dropout,
     rng: DropoutRng,
+    /// The output layer laid out for decoding, in copies made by [`Seq2Seq::for_decoding`]
+    /// (a decoding step's few rows against a `(V, e)` weight: packing it in every call would
+    /// cost more than the product).
+    output_for_decoding: Option<Linear>,
 }
 
 /// Decoding state of an [`Rnn`]: every decoder layer's state and, with input feeding, the
@@ -186,6 +190,7 @@ impl Rnn {
             combine: Linear::new(combine_in, e, true, vb.pp("combine"))?,
             dropout: Dropout::new(cfg.dropout, rng.clone()),
             rng,
+            output_for_decoding: None,
         })
     }
 
@@ -281,6 +286,23 @@ impl Rnn {
             probs.push(p);
         }
         Ok((Tensor::stack(&outs, 1)?, Tensor::stack(&probs, 1)?))
+    }
+}
+
+impl Rnn {
+    /// The output layer as a layer laid out for decoding.
+    fn laid_out_output(&self) -> Result<Linear> {
+        let out = self.output_layer();
+        Linear::from_parts(out.weight.detach(), out.bias.map(|b| b.detach())).for_decoding()
+    }
+
+    /// Logits of decoding steps: `(b, e)` → `(b, V)`, on the laid-out output layer where
+    /// this is a copy for decoding.
+    fn project(&self, out: &Tensor) -> Result<Tensor> {
+        match &self.output_for_decoding {
+            Some(layer) => layer.forward(out),
+            None => self.output_layer().project(out),
+        }
     }
 }
 
@@ -380,6 +402,7 @@ impl Seq2Seq for Rnn {
                 .collect::<Result<_>>()?,
             attention: self.attention.for_decoding()?,
             combine: self.combine.for_decoding()?,
+            output_for_decoding: Some(self.laid_out_output()?),
             ..self.clone()
         })
     }
@@ -421,7 +444,7 @@ impl Seq2Seq for Rnn {
     ) -> Result<Tensor> {
         let emb = embed(&self.tgt_embed, tokens)?.squeeze(1)?; // (b, e)
         let (out, _) = self.step(memory, &emb, cache, false)?;
-        self.output_layer().project(&out)
+        self.project(&out)
     }
 
     fn select_cache(&self, cache: &RnnCache, indices: &Tensor) -> Result<RnnCache> {

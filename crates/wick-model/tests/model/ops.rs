@@ -518,6 +518,36 @@ fn recurrent_cell_kernels_match_reference() -> Result<()> {
 }
 
 #[test]
+fn additive_scores_kernel_matches_reference() -> Result<()> {
+    for (b, src, d, seed) in [(1, 1, 1, 1), (3, 7, 5, 2), (64, 24, 256, 3), (5, 3, 33, 4)] {
+        let inputs = [
+            (randn(&[b, src, d], seed)? * 2.0)?,
+            (randn(&[b, d], seed + 1)? * 2.0)?,
+            randn(&[d], seed + 2)?,
+        ];
+        let (a, ga) = value_and_grads(|t| ops::additive_scores(&t[0], &t[1], &t[2]), &inputs, 8)?;
+        let (r, gr) = value_and_grads(
+            |t| ops::reference::additive_scores(&t[0], &t[1], &t[2]),
+            &inputs,
+            8,
+        )?;
+        let scale = r.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?.max(1.0);
+        assert!(max_diff(&a, &r)? / scale < 2e-6, "forward {b}×{src}×{d}");
+        for (k, name) in ["keys", "query", "v"].iter().enumerate() {
+            let scale = gr[k]
+                .abs()?
+                .flatten_all()?
+                .max(0)?
+                .to_scalar::<f32>()?
+                .max(1.0);
+            let diff = max_diff(&ga[k], &gr[k])? / scale;
+            assert!(diff < 2e-5, "gradient of {name} ({b}×{src}×{d}): {diff}");
+        }
+    }
+    Ok(())
+}
+
+#[test]
 fn the_reference_path_reaches_no_kernel() -> Result<()> {
     let x = randn(&[4, 8], 1)?;
     // Forced on this thread: the dispatch picks the composed twin, and a kernel called
