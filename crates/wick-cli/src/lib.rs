@@ -15,10 +15,12 @@ use crate::commands::{average, bench, data, evaluate, report, score, train, tran
 /// What `wick` prints with no arguments (and after `wick --help`).
 pub const START_HERE: &str = "\
 Start here:
-  wick train                                   train the quick-start English→French model (5 min)
-  wick translate --run runs/toy \"Hello!\"       translate with it
-  wick evaluate --run runs/toy --beam 5        score it on the test split
-  wick train --config configs/reverse.toml     a 2-minute sanity task
+  wick train                                     train the quick-start English→French model (5 min)
+  wick translate --run runs/toy \"Hello!\"         translate with it
+  wick evaluate --run runs/toy --beam 5          score it on the test split
+  wick train --config configs/reverse.toml       a 1-minute sanity task (reverse letters)
+  wick train --config configs/reverse-rnn.toml   the same with an RNN and Bahdanau attention
+  wick train --config configs/reverse-conv.toml  the same with convolutional seq2seq (ConvS2S)
 Every command has examples in `wick COMMAND --help`.";
 
 /// Runs one parsed command line.
