@@ -12,7 +12,7 @@ use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, bail};
 use multiversion::multiversion;
 
 use crate::simd::fast_exp;
-use crate::storage::{for_rows, slice};
+use crate::storage::{for_rows, slices3};
 
 #[inline(always)]
 fn sigmoid(x: f32) -> f32 {
@@ -138,11 +138,7 @@ impl CustomOp3 for CellStep {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let what = self.name();
-        let (a, b, s) = (
-            slice(s1, l1, what)?,
-            slice(s2, l2, what)?,
-            slice(s3, l3, what)?,
-        );
+        let (a, b, s) = slices3(what, (s1, l1), (s2, l2), (s3, l3))?;
         let (rows, d) = l3.shape().dims2()?;
         let g = self.0.gates();
         if a.len() != rows * g * d || b.len() != a.len() {
@@ -220,11 +216,7 @@ impl CustomOp3 for CellBackward {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let what = self.name();
-        let (a, b, sg) = (
-            slice(s1, l1, what)?,
-            slice(s2, l2, what)?,
-            slice(s3, l3, what)?,
-        );
+        let (a, b, sg) = slices3(what, (s1, l1), (s2, l2), (s3, l3))?;
         let (rows, sg_width) = l3.shape().dims2()?;
         // [h | ∂h'] (GRU, 2H) or [c | ∂h' | ∂c'] (LSTM, 3H).
         let d = match self.0 {
@@ -371,11 +363,7 @@ impl CustomOp3 for AdditiveScores {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let what = self.name();
-        let (keys, q, v) = (
-            slice(s1, l1, what)?,
-            slice(s2, l2, what)?,
-            slice(s3, l3, what)?,
-        );
+        let (keys, q, v) = slices3(what, (s1, l1), (s2, l2), (s3, l3))?;
         let (b, s, d) = l1.shape().dims3()?;
         let mut out = vec![0f32; b * s];
         for_rows(&mut out, s, |r, o| {
@@ -426,11 +414,7 @@ impl CustomOp3 for AdditiveBackward {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let what = self.name();
-        let (keys, qg, v) = (
-            slice(s1, l1, what)?,
-            slice(s2, l2, what)?,
-            slice(s3, l3, what)?,
-        );
+        let (keys, qg, v) = slices3(what, (s1, l1), (s2, l2), (s3, l3))?;
         let (b, s, d) = l1.shape().dims3()?;
         let mut out = vec![0f32; b * s * d + b * d + d];
         let (dk, rest) = out.split_at_mut(b * s * d);

@@ -21,6 +21,20 @@ pub(crate) fn slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a
     }
 }
 
+/// The contiguous f32 data of a ternary op's three operands.
+pub(crate) fn slices3<'a>(
+    what: &str,
+    (s1, l1): (&'a CpuStorage, &Layout),
+    (s2, l2): (&'a CpuStorage, &Layout),
+    (s3, l3): (&'a CpuStorage, &Layout),
+) -> Result<(&'a [f32], &'a [f32], &'a [f32])> {
+    Ok((
+        slice(s1, l1, what)?,
+        slice(s2, l2, what)?,
+        slice(s3, l3, what)?,
+    ))
+}
+
 /// The contiguous f32 data of a tensor, for writing in place.
 pub(crate) fn slice_mut<'a>(
     s: &'a mut CpuStorage,

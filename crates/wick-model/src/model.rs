@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use candle_core::{Device, Result, Tensor};
 
-use crate::layers::DropoutRng;
+use crate::layers::{DropoutRng, Linear};
 
 /// Vocabulary sizes, fixed by the tokenizer(s).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -78,6 +78,26 @@ impl OutputLayer {
     /// states `(…, d_out)` → logits `(…, V)`.
     pub fn project(&self, states: &Tensor) -> Result<Tensor> {
         crate::ops::affine(states, &self.weight, self.bias.as_ref(), false, None)
+    }
+
+    /// The layer laid out for decoding steps ([`Linear::for_decoding`]), for a model's copy
+    /// made by [`Seq2Seq::for_decoding`]: a step's few rows against a `(V, d_out)` weight
+    /// would otherwise pay for packing the weight in every call. No backward.
+    pub fn for_decoding(&self) -> Result<Linear> {
+        Linear::from_parts(self.weight.detach(), self.bias.as_ref().map(Tensor::detach))
+            .for_decoding()
+    }
+
+    /// Logits of a decoding step: on `laid_out` where the model is a copy for decoding,
+    /// else on this layer.
+    ///
+    /// # Shapes
+    /// states `(b, d_out)` → logits `(b, V)`.
+    pub fn project_step(&self, laid_out: Option<&Linear>, states: &Tensor) -> Result<Tensor> {
+        match laid_out {
+            Some(layer) => candle_core::Module::forward(layer, states),
+            None => self.project(states),
+        }
     }
 }
 

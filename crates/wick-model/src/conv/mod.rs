@@ -67,9 +67,8 @@ pub struct ConvS2S {
     output_bias: Tensor,
     dropout: Dropout,
     rng: DropoutRng,
-    /// The output layer laid out for decoding, in copies made by [`Seq2Seq::for_decoding`]
-    /// (a decoding step's few rows against a `(V, e)` weight: packing it in every call would
-    /// cost more than the product).
+    /// The output layer laid out for decoding ([`OutputLayer::for_decoding`]), in copies
+    /// made by [`Seq2Seq::for_decoding`].
     output_for_decoding: Option<Linear>,
 }
 
@@ -243,23 +242,6 @@ impl ConvS2S {
     }
 }
 
-impl ConvS2S {
-    /// The output layer as a layer laid out for decoding.
-    fn laid_out_output(&self) -> Result<Linear> {
-        let out = self.output_layer();
-        Linear::from_parts(out.weight.detach(), out.bias.map(|b| b.detach())).for_decoding()
-    }
-
-    /// Logits of decoding steps: `(b, e)` → `(b, V)`, on the laid-out output layer where
-    /// this is a copy for decoding.
-    fn project(&self, out: &Tensor) -> Result<Tensor> {
-        match &self.output_for_decoding {
-            Some(layer) => layer.forward(out),
-            None => self.output_layer().project(out),
-        }
-    }
-}
-
 impl Seq2Seq for ConvS2S {
     type Cache = ConvCache;
 
@@ -360,7 +342,7 @@ impl Seq2Seq for ConvS2S {
                 .as_ref()
                 .map(WeightNormLinear::for_decoding)
                 .transpose()?,
-            output_for_decoding: Some(self.laid_out_output()?),
+            output_for_decoding: Some(self.output_layer().for_decoding()?),
             ..self.clone()
         })
     }
@@ -400,7 +382,8 @@ impl Seq2Seq for ConvS2S {
         }
         cache.offset += 1;
         let out = self.dec_out.forward(&h)?.squeeze(1)?; // (b, e)
-        self.project(&out)
+        self.output_layer()
+            .project_step(self.output_for_decoding.as_ref(), &out)
     }
 
     fn select_cache(&self, cache: &ConvCache, indices: &Tensor) -> Result<ConvCache> {

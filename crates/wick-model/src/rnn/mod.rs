@@ -61,9 +61,8 @@ pub struct Rnn {
     combine: Linear,
     dropout: Dropout,
     rng: DropoutRng,
-    /// The output layer laid out for decoding, in copies made by [`Seq2Seq::for_decoding`]
-    /// (a decoding step's few rows against a `(V, e)` weight: packing it in every call would
-    /// cost more than the product).
+    /// The output layer laid out for decoding ([`OutputLayer::for_decoding`]), in copies
+    /// made by [`Seq2Seq::for_decoding`].
     output_for_decoding: Option<Linear>,
 }
 
@@ -289,23 +288,6 @@ impl Rnn {
     }
 }
 
-impl Rnn {
-    /// The output layer as a layer laid out for decoding.
-    fn laid_out_output(&self) -> Result<Linear> {
-        let out = self.output_layer();
-        Linear::from_parts(out.weight.detach(), out.bias.map(|b| b.detach())).for_decoding()
-    }
-
-    /// Logits of decoding steps: `(b, e)` → `(b, V)`, on the laid-out output layer where
-    /// this is a copy for decoding.
-    fn project(&self, out: &Tensor) -> Result<Tensor> {
-        match &self.output_for_decoding {
-            Some(layer) => layer.forward(out),
-            None => self.output_layer().project(out),
-        }
-    }
-}
-
 impl Seq2Seq for Rnn {
     type Cache = RnnCache;
 
@@ -402,7 +384,7 @@ impl Seq2Seq for Rnn {
                 .collect::<Result<_>>()?,
             attention: self.attention.for_decoding()?,
             combine: self.combine.for_decoding()?,
-            output_for_decoding: Some(self.laid_out_output()?),
+            output_for_decoding: Some(self.output_layer().for_decoding()?),
             ..self.clone()
         })
     }
@@ -444,7 +426,8 @@ impl Seq2Seq for Rnn {
     ) -> Result<Tensor> {
         let emb = embed(&self.tgt_embed, tokens)?.squeeze(1)?; // (b, e)
         let (out, _) = self.step(memory, &emb, cache, false)?;
-        self.project(&out)
+        self.output_layer()
+            .project_step(self.output_for_decoding.as_ref(), &out)
     }
 
     fn select_cache(&self, cache: &RnnCache, indices: &Tensor) -> Result<RnnCache> {
