@@ -16,6 +16,7 @@
 //! | [`cross_entropy`] | label-smoothed cross-entropy, also fused with the output projection |
 //! | [`masked`] | dropout masks and residual sums |
 //! | [`embedding`] | token embedding lookup, scaling and positions in one node |
+//! | [`gated`] | ConvS2S's gated linear unit and weight normalisation with their backward |
 //! | [`recurrent`] | GRU and LSTM cell steps, and additive attention scores, with their backward |
 //! | [`select`] | row selection of decoding buffers |
 //! | [`adamw`] | the AdamW update in place |
@@ -34,6 +35,7 @@ pub mod affine;
 pub mod attention;
 pub mod cross_entropy;
 pub mod embedding;
+pub mod gated;
 pub mod gemm;
 pub mod layer_norm;
 pub mod masked;

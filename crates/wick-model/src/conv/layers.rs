@@ -37,8 +37,7 @@ impl WeightNormLinear {
 
     /// `W (out, in)`, differentiable in `V` and `g`.
     pub fn weight(&self) -> Result<Tensor> {
-        let norm = self.v.sqr()?.sum_keepdim(1)?.sqrt()?; // (out, 1)
-        self.v.broadcast_mul(&(&self.g / norm)?)
+        crate::ops::weight_norm(&self.v, &self.g)
     }
 
     pub fn bias(&self) -> &Tensor {
@@ -74,7 +73,6 @@ impl Module for WeightNormLinear {
 pub struct GatedConv {
     proj: WeightNormLinear,
     kernel: usize,
-    h_out: usize,
 }
 
 impl GatedConv {
@@ -90,7 +88,6 @@ impl GatedConv {
         Ok(Self {
             proj: WeightNormLinear::new(kernel * h_in, 2 * h_out, stdev, vb)?,
             kernel,
-            h_out,
         })
     }
 
@@ -130,9 +127,6 @@ impl GatedConv {
 
     /// The gated product of ready windows: `(…, k·h_in)` → `(…, h_out)`.
     pub fn window(&self, windows: &Tensor) -> Result<Tensor> {
-        let ab = self.proj.forward(windows)?;
-        let a = ab.narrow(D::Minus1, 0, self.h_out)?;
-        let gate = ab.narrow(D::Minus1, self.h_out, self.h_out)?;
-        a * candle_nn::ops::sigmoid(&gate)?
+        crate::ops::glu(&self.proj.forward(windows)?)
     }
 }

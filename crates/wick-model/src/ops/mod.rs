@@ -385,3 +385,27 @@ pub fn additive_scores(keys: &Tensor, q: &Tensor, v: &Tensor) -> Result<Tensor> 
         reference::additive_scores(keys, q, v)
     }
 }
+
+/// The gated linear unit over the last dimension: `[a | b]` → `a ⊙ σ(b)`.
+///
+/// # Shapes
+/// `(…, 2h)` → `(…, h)`.
+pub fn glu(x: &Tensor) -> Result<Tensor> {
+    if use_kernels(x) {
+        k::gated::glu(x)
+    } else {
+        reference::glu(x)
+    }
+}
+
+/// Weight normalisation `W = g ⊙ V / ‖V‖`, row by row.
+///
+/// # Shapes
+/// v `(out, in)`, g `(out, 1)` → `(out, in)`.
+pub fn weight_norm(v: &Tensor, g: &Tensor) -> Result<Tensor> {
+    if use_kernels(v) && g.dtype() == DType::F32 {
+        k::gated::weight_norm(v, g)
+    } else {
+        reference::weight_norm(v, g)
+    }
+}

@@ -272,3 +272,15 @@ pub fn additive_scores(keys: &Tensor, q: &Tensor, v: &Tensor) -> Result<Tensor> 
         .broadcast_mul(&v.reshape((1, 1, ()))?)?
         .sum(D::Minus1)
 }
+
+/// The gated linear unit: `(…, 2h)` → `a ⊙ σ(b)` `(…, h)`.
+pub fn glu(x: &Tensor) -> Result<Tensor> {
+    let h = x.dim(D::Minus1)? / 2;
+    x.narrow(D::Minus1, 0, h)? * candle_nn::ops::sigmoid(&x.narrow(D::Minus1, h, h)?)?
+}
+
+/// Weight normalisation: v `(out, in)`, g `(out, 1)` → `g ⊙ v / ‖v‖` row by row.
+pub fn weight_norm(v: &Tensor, g: &Tensor) -> Result<Tensor> {
+    let norm = v.sqr()?.sum_keepdim(1)?.sqrt()?; // (out, 1)
+    v.broadcast_mul(&(g / norm)?)
+}

@@ -548,6 +548,37 @@ fn additive_scores_kernel_matches_reference() -> Result<()> {
 }
 
 #[test]
+fn glu_and_weight_norm_kernels_match_reference() -> Result<()> {
+    for (rows, h, seed) in [(1, 1, 1), (3, 5, 2), (1536, 256, 3), (7, 33, 4)] {
+        let x = (randn(&[rows, 2 * h], seed)? * 3.0)?;
+        let (a, ga) = value_and_grads(|t| ops::glu(&t[0]), std::slice::from_ref(&x), 5)?;
+        let (r, gr) = value_and_grads(|t| ops::reference::glu(&t[0]), &[x], 5)?;
+        assert!(max_diff(&a, &r)? < 2e-6, "glu forward {rows}×{h}");
+        assert!(max_diff(&ga[0], &gr[0])? < 2e-5, "glu backward {rows}×{h}");
+        let v = randn(&[rows, 2 * h], seed + 1)?;
+        let g = randn(&[rows, 1], seed + 2)?;
+        let inputs = [v, g];
+        let (a, ga) = value_and_grads(|t| ops::weight_norm(&t[0], &t[1]), &inputs, 6)?;
+        let (r, gr) = value_and_grads(|t| ops::reference::weight_norm(&t[0], &t[1]), &inputs, 6)?;
+        assert!(max_diff(&a, &r)? < 2e-6, "weight norm forward {rows}×{h}");
+        for (k, name) in ["v", "g"].iter().enumerate() {
+            let scale = gr[k]
+                .abs()?
+                .flatten_all()?
+                .max(0)?
+                .to_scalar::<f32>()?
+                .max(1.0);
+            let diff = max_diff(&ga[k], &gr[k])? / scale;
+            assert!(
+                diff < 2e-5,
+                "weight norm gradient of {name} ({rows}×{h}): {diff}"
+            );
+        }
+    }
+    Ok(())
+}
+
+#[test]
 fn the_reference_path_reaches_no_kernel() -> Result<()> {
     let x = randn(&[4, 8], 1)?;
     // Forced on this thread: the dispatch picks the composed twin, and a kernel called
