@@ -229,3 +229,111 @@ pub fn weight_norm(v: &Tensor, g: &Tensor) -> Result<Tensor> {
     }
     v.contiguous()?.apply_op2(&g.contiguous()?, WeightNorm)
 }
+
+/// The `k` shifted copies of a sequence side by side, zeros where a shift leaves it: the
+/// input of a 1-D convolution as one product. Composed, that is a padded copy, `k` narrows
+/// and a concatenation forward, and as many zero-padded gradient buffers backward.
+struct Unfold {
+    kernel: usize,
+    left: usize,
+}
+
+impl Unfold {
+    /// `out[i, j·h + c] = x[i + j − left, c]` for one sentence (zeros outside).
+    fn sentence(&self, out: &mut [f32], x: &[f32], h: usize) {
+        let t = x.len() / h;
+        let k = self.kernel;
+        for (i, row) in out.chunks_exact_mut(k * h).enumerate() {
+            for (j, tap) in row.chunks_exact_mut(h).enumerate() {
+                match (i + j).checked_sub(self.left) {
+                    Some(p) if p < t => tap.copy_from_slice(&x[p * h..(p + 1) * h]),
+                    _ => tap.fill(0.0),
+                }
+            }
+        }
+    }
+
+    /// The gradient of [`Self::sentence`]: `dx[p, c] = Σ_j dout[p − j + left, j·h + c]`.
+    fn sentence_backward(&self, dx: &mut [f32], dout: &[f32], h: usize) {
+        let t = dx.len() / h;
+        let k = self.kernel;
+        dx.fill(0.0);
+        for (i, row) in dout.chunks_exact(k * h).enumerate() {
+            for (j, tap) in row.chunks_exact(h).enumerate() {
+                if let Some(p) = (i + j).checked_sub(self.left)
+                    && p < t
+                {
+                    for (d, &g) in dx[p * h..(p + 1) * h].iter_mut().zip(tap) {
+                        *d += g;
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl CustomOp1 for Unfold {
+    fn name(&self) -> &'static str {
+        "wick-unfold"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = slice(s, l, "unfold")?;
+        let (b, t, h) = l.shape().dims3()?;
+        let mut out = vec![0f32; b * t * self.kernel * h];
+        for_rows(&mut out, t * self.kernel * h, |r, o| {
+            self.sentence(o, &x[r * t * h..(r + 1) * t * h], h)
+        });
+        Ok((CpuStorage::F32(out), Shape::from((b, t, self.kernel * h))))
+    }
+
+    fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let (_, _, h) = x.dims3()?;
+        let dx = grad.contiguous()?.apply_op1_no_bwd(&Fold {
+            unfold: Unfold {
+                kernel: self.kernel,
+                left: self.left,
+            },
+            h,
+        })?;
+        Ok(Some(dx))
+    }
+}
+
+/// `(b, t, k·h) → (b, t, h)`: the gradient of [`Unfold`].
+struct Fold {
+    unfold: Unfold,
+    h: usize,
+}
+
+impl CustomOp1 for Fold {
+    fn name(&self) -> &'static str {
+        "wick-unfold-backward"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let g = slice(s, l, "unfold backward")?;
+        let (b, t, w) = l.shape().dims3()?;
+        let h = self.h;
+        let mut dx = vec![0f32; b * t * h];
+        for_rows(&mut dx, t * h, |r, d| {
+            self.unfold
+                .sentence_backward(d, &g[r * t * w..(r + 1) * t * w], h)
+        });
+        Ok((CpuStorage::F32(dx), Shape::from((b, t, h))))
+    }
+}
+
+/// The input of a 1-D convolution of `kernel` taps as one matrix: position `i`'s row holds
+/// `x[i − left ..= i − left + kernel − 1]` side by side (zeros beyond the sequence), so that
+/// the convolution is one product with a `(out, kernel·h)` weight. Differentiable.
+///
+/// # Shapes
+/// `(b, t, h)` → `(b, t, kernel·h)`.
+pub fn unfold(x: &Tensor, kernel: usize, left: usize) -> Result<Tensor> {
+    crate::enter("unfold", &[x])?;
+    if kernel == 0 || left >= kernel {
+        bail!("unfold: {left} zeros on the left of a {kernel}-tap window")
+    }
+    x.contiguous()?.apply_op1(Unfold { kernel, left })
+}

@@ -1,6 +1,6 @@
 //! ConvS2S's building blocks: weight-normalised affine layers and gated convolutions.
 
-use candle_core::{D, Module, Result, Tensor};
+use candle_core::{Module, Result, Tensor};
 use candle_nn::{Init, VarBuilder};
 
 use crate::layers::Linear;
@@ -108,21 +108,13 @@ impl GatedConv {
     /// # Shapes
     /// `(b, t, h_in)` → `(b, t, h_out)`
     pub fn forward(&self, xs: &Tensor, left: usize, right: usize) -> Result<Tensor> {
-        let (b, t, h) = xs.dims3()?;
-        let zeros = |n: usize| Tensor::zeros((b, n, h), xs.dtype(), xs.device());
-        let mut parts = Vec::with_capacity(3);
-        if left > 0 {
-            parts.push(zeros(left)?);
+        if left + right + 1 != self.kernel {
+            candle_core::bail!(
+                "convolution of {} taps padded with {left} + {right} zeros",
+                self.kernel
+            )
         }
-        parts.push(xs.clone());
-        if right > 0 {
-            parts.push(zeros(right)?);
-        }
-        let padded = Tensor::cat(&parts, 1)?; // (b, t + k − 1, h)
-        let taps: Vec<Tensor> = (0..self.kernel)
-            .map(|j| padded.narrow(1, j, t))
-            .collect::<Result<_>>()?;
-        self.window(&Tensor::cat(&taps, D::Minus1)?)
+        self.window(&crate::ops::unfold(xs, self.kernel, left)?)
     }
 
     /// The gated product of ready windows: `(…, k·h_in)` → `(…, h_out)`.

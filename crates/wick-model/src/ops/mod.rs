@@ -409,3 +409,17 @@ pub fn weight_norm(v: &Tensor, g: &Tensor) -> Result<Tensor> {
         reference::weight_norm(v, g)
     }
 }
+
+/// The input of a 1-D convolution of `kernel` taps with `left` zeros before the sequence (and
+/// `kernel − 1 − left` after it) as one matrix: row `i` holds positions `i − left ..` of `x`
+/// side by side.
+///
+/// # Shapes
+/// `(b, t, h)` → `(b, t, kernel·h)`.
+pub fn unfold(x: &Tensor, kernel: usize, left: usize) -> Result<Tensor> {
+    if use_kernels(x) {
+        k::gated::unfold(x, kernel, left)
+    } else {
+        reference::unfold(x, kernel, left)
+    }
+}

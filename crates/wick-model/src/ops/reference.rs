@@ -284,3 +284,27 @@ pub fn weight_norm(v: &Tensor, g: &Tensor) -> Result<Tensor> {
     let norm = v.sqr()?.sum_keepdim(1)?.sqrt()?; // (out, 1)
     v.broadcast_mul(&(g / norm)?)
 }
+
+/// `(b, t, h)` → `(b, t, kernel·h)`: the `kernel` shifted copies of `x` side by side, `left`
+/// zeros before the sequence and `kernel − 1 − left` after it.
+pub fn unfold(x: &Tensor, kernel: usize, left: usize) -> Result<Tensor> {
+    let (b, t, h) = x.dims3()?;
+    if kernel == 0 || left >= kernel {
+        bail!("unfold: {left} zeros on the left of a {kernel}-tap window")
+    }
+    let right = kernel - 1 - left;
+    let zeros = |n: usize| Tensor::zeros((b, n, h), x.dtype(), x.device());
+    let mut parts = Vec::with_capacity(3);
+    if left > 0 {
+        parts.push(zeros(left)?);
+    }
+    parts.push(x.clone());
+    if right > 0 {
+        parts.push(zeros(right)?);
+    }
+    let padded = Tensor::cat(&parts, 1)?; // (b, t + k − 1, h)
+    let taps: Vec<Tensor> = (0..kernel)
+        .map(|j| padded.narrow(1, j, t))
+        .collect::<Result<_>>()?;
+    Tensor::cat(&taps, D::Minus1)
+}

@@ -579,6 +579,35 @@ fn glu_and_weight_norm_kernels_match_reference() -> Result<()> {
 }
 
 #[test]
+fn unfold_kernel_matches_reference() -> Result<()> {
+    for (b, t, h, kernel, left, seed) in [
+        (1, 1, 1, 1, 0, 1),
+        (2, 5, 3, 3, 1, 2),
+        (3, 4, 7, 3, 2, 3),
+        (2, 2, 4, 5, 2, 4),
+        (32, 24, 256, 3, 1, 5),
+    ] {
+        let x = randn(&[b, t, h], seed)?;
+        let (a, ga) = value_and_grads(
+            |v| ops::unfold(&v[0], kernel, left),
+            std::slice::from_ref(&x),
+            7,
+        )?;
+        let (r, gr) = value_and_grads(|v| ops::reference::unfold(&v[0], kernel, left), &[x], 7)?;
+        assert_eq!(
+            max_diff(&a, &r)?,
+            0.0,
+            "unfold forward {b}×{t}×{h}, k {kernel}, left {left}"
+        );
+        assert!(
+            max_diff(&ga[0], &gr[0])? < 1e-5,
+            "unfold backward {b}×{t}×{h}, k {kernel}"
+        );
+    }
+    Ok(())
+}
+
+#[test]
 fn the_reference_path_reaches_no_kernel() -> Result<()> {
     let x = randn(&[4, 8], 1)?;
     // Forced on this thread: the dispatch picks the composed twin, and a kernel called
