@@ -3,6 +3,9 @@
 //! causality, cache = full recompute, beam 1 = greedy, batch independence, gradients
 //! everywhere, seeded dropout) and learn; each on the kernel path and on the forced reference
 //! path. The invariants run on `Model`, as the trainer and search see any architecture.
+//!
+//! Longer than most files: one list of configurations serves every invariant, and splitting
+//! the invariants across files would split that list.
 
 use crate::common::*;
 use candle_core::{D, DType, IndexOp, Result, Tensor};

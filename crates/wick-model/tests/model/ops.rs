@@ -1,4 +1,7 @@
 //! The fused kernels against their composed reference implementations, forward and backward.
+//!
+//! One file on purpose: it is the list of every kernel's check, and each test is short and
+//! independent, so it reads best as one list even past 600 lines.
 
 use candle_core::{DType, Device, Result, Tensor, Var};
 use wick_model::ops;
