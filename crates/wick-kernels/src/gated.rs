@@ -5,7 +5,7 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor, bail};
 use multiversion::multiversion;
 
-use crate::simd::{fast_exp, lane_sum};
+use crate::simd::{fast_exp, lane_dot};
 use crate::storage::{for_rows, slice};
 
 #[inline(always)]
@@ -107,11 +107,7 @@ pub fn glu(x: &Tensor) -> Result<Tensor> {
 /// `W = g ⊙ V / ‖V‖` for one row; returns nothing (the row of W is written).
 #[multiversion(targets("x86_64+avx512f+avx2+fma", "x86_64+avx2+fma"))]
 fn weight_norm_row(w: &mut [f32], v: &[f32], g: f32) {
-    let mut sq = vec![0f32; v.len()];
-    for (s, &x) in sq.iter_mut().zip(v) {
-        *s = x * x;
-    }
-    let scale = g / lane_sum(&sq).sqrt();
+    let scale = g / lane_dot(v, v).sqrt();
     for (w, &x) in w.iter_mut().zip(v) {
         *w = x * scale;
     }
@@ -121,15 +117,8 @@ fn weight_norm_row(w: &mut [f32], v: &[f32], g: f32) {
 /// `∂V = (g/‖V‖)(∂W − u s)`. Writes `∂V` into `dv` and returns `∂g`.
 #[multiversion(targets("x86_64+avx512f+avx2+fma", "x86_64+avx2+fma"))]
 fn weight_norm_backward_row(dv: &mut [f32], v: &[f32], g: f32, dw: &[f32]) -> f32 {
-    let mut tmp = vec![0f32; v.len()];
-    for (t, &x) in tmp.iter_mut().zip(v) {
-        *t = x * x;
-    }
-    let norm = lane_sum(&tmp).sqrt();
-    for ((t, &x), &d) in tmp.iter_mut().zip(v).zip(dw) {
-        *t = x * d;
-    }
-    let s = lane_sum(&tmp) / norm;
+    let norm = lane_dot(v, v).sqrt();
+    let s = lane_dot(v, dw) / norm;
     let k = g / norm;
     for ((o, &x), &d) in dv.iter_mut().zip(v).zip(dw) {
         *o = k * (d - x / norm * s);

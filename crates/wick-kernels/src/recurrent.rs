@@ -11,7 +11,7 @@
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, bail};
 use multiversion::multiversion;
 
-use crate::simd::fast_exp;
+use crate::simd::{fast_exp, lane_dot};
 use crate::storage::{for_rows, slices3};
 
 #[inline(always)]
@@ -292,20 +292,7 @@ fn additive_row(out: &mut [f32], keys: &[f32], q: &[f32], v: &[f32]) {
         for ((t, &k), &q) in t.iter_mut().zip(k).zip(q) {
             *t = tanh(k + q);
         }
-        let mut acc = [0f32; 8];
-        let (tc, vc) = (t.chunks_exact(8), v.chunks_exact(8));
-        let rest: f32 = tc
-            .remainder()
-            .iter()
-            .zip(vc.remainder())
-            .map(|(a, b)| a * b)
-            .sum();
-        for (a, b) in tc.zip(vc) {
-            for l in 0..8 {
-                acc[l] += a[l] * b[l];
-            }
-        }
-        *o = acc.iter().sum::<f32>() + rest;
+        *o = lane_dot(&t, v);
     }
 }
 

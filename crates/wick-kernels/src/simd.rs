@@ -53,6 +53,25 @@ pub(crate) fn lane_sum(x: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + rest
 }
 
+/// Σ aᵢ·bᵢ with eight partial sums, like [`lane_sum`], without a buffer of products.
+#[inline(always)]
+pub(crate) fn lane_dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
+    let rest: f32 = ac
+        .remainder()
+        .iter()
+        .zip(bc.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ac.zip(bc) {
+        for l in 0..8 {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    acc.iter().sum::<f32>() + rest
+}
+
 /// Index of the first element equal to `value`, eight at a time: a scalar `position` scan
 /// over the vocabulary cost a fifth of the cross-entropy row kernel.
 #[inline(always)]
