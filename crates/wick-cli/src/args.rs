@@ -11,9 +11,11 @@ use anyhow::{Result, bail};
 use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{Args, Parser, Subcommand};
 use wick_metrics::BleuTokenizer;
+use wick_train::WeightFormat;
 use wick_train::Which;
 use wick_train::bench::Preset;
 use wick_train::config::Config;
+use wick_train::export::{ExportFormat, Quantization};
 use wick_train::prepare::Split;
 
 /// A flag whose values are a library type's names: the names listed in `--help`, the value
@@ -31,6 +33,27 @@ fn split_parser() -> impl TypedValueParser<Value = Split> {
 
 fn preset_parser() -> impl TypedValueParser<Value = Preset> {
     one_of(&["tiny", "small", "base", "rnn", "conv"])
+}
+
+fn format_parser() -> impl TypedValueParser<Value = ExportFormat> {
+    one_of(&["ctranslate2", "transformers"])
+}
+
+fn quantization_parser() -> impl TypedValueParser<Value = Quantization> {
+    one_of(&[
+        "int8",
+        "int8_float32",
+        "int8_float16",
+        "int8_bfloat16",
+        "int16",
+        "float16",
+        "bfloat16",
+        "float32",
+    ])
+}
+
+fn weights_parser() -> impl TypedValueParser<Value = WeightFormat> {
+    one_of(&["int8"])
 }
 
 fn tokenizer_parser() -> impl TypedValueParser<Value = BleuTokenizer> {
@@ -86,6 +109,13 @@ pub enum Command {
         after_help = "Examples:\n  wick report --run runs/toy\n  wick report --run runs/toy --output /tmp/toy.html --samples 8"
     )]
     Report(ReportArgs),
+    /// Write a trained run as a model directory another engine serves: CTranslate2
+    /// (model.bin, config.json, vocabularies, the tokenizer, a README with the Python that
+    /// serves it) or Hugging Face transformers (a MarianMTModel). Transformer runs only.
+    #[command(
+        after_help = "Examples:\n  wick export --run runs/toy --format ctranslate2 runs/toy-ct2\n  wick export --run runs/toy --format ctranslate2 --quantization int8 runs/toy-ct2-int8\n  wick export --run runs/toy --format transformers runs/toy-hf"
+    )]
+    Export(ExportArgs),
     /// Measure speed.
     #[command(
         subcommand,
@@ -221,9 +251,19 @@ pub struct DecodeArgs {
     /// to `<hyp file>.nbest`.
     #[arg(long, value_name = "N")]
     pub n_best: Option<usize>,
+    /// Decode with int8 weights: every linear layer and the output projection quantized per
+    /// output row, each product's inputs per row, summed in integers (VNNI where the CPU
+    /// has it). CPU only.
+    #[arg(long, value_parser = weights_parser())]
+    pub quantize: Option<WeightFormat>,
 }
 
 impl DecodeArgs {
+    /// The weights to decode with.
+    pub fn weights(&self) -> WeightFormat {
+        self.quantize.unwrap_or_default()
+    }
+
     /// Applies the flags to a run's config and re-validates it.
     pub fn apply(&self, cfg: &mut Config) -> Result<()> {
         let d = &mut cfg.decode;
@@ -325,6 +365,30 @@ pub struct AverageArgs {
     /// Output file [default: <run>/checkpoints/avg-last-K.safetensors or avg-best-K].
     #[arg(long)]
     pub output: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// A run directory written by `wick train`.
+    #[arg(long)]
+    pub run: PathBuf,
+    /// best, last, or a checkpoint file: a name in the run's checkpoints/ (e.g.
+    /// avg-last-5.safetensors from `wick average`) or any path.
+    #[arg(long, default_value = "best", value_name = "best|last|FILE")]
+    pub checkpoint: Which,
+    /// The engine to write for.
+    #[arg(long, value_parser = format_parser())]
+    pub format: ExportFormat,
+    /// Weight type: int8 (rows of int8 with one scale each), int8_float16, float16, … as
+    /// CTranslate2 names them [default: float32, as trained].
+    #[arg(long, value_parser = quantization_parser())]
+    pub quantization: Option<Quantization>,
+    /// Replace OUT_DIR if it exists.
+    #[arg(long)]
+    pub force: bool,
+    /// The directory to write (it must not exist, unless --force).
+    #[arg(value_name = "OUT_DIR")]
+    pub output: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -444,6 +508,9 @@ pub struct BenchDecodeArgs {
     /// Timed repeats per mode; the fastest is reported.
     #[arg(long, default_value_t = 1)]
     pub repeats: usize,
+    /// Decode with int8 weights (as `wick translate --quantize int8`).
+    #[arg(long, value_parser = weights_parser())]
+    pub quantize: Option<WeightFormat>,
     /// cpu, cuda, cuda:N or metal.
     #[arg(long, default_value = "cpu")]
     pub device: String,

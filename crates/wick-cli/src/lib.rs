@@ -10,7 +10,7 @@ mod progress;
 use anyhow::Result;
 
 use crate::args::{BenchCommand, Cli, Command, DataCommand};
-use crate::commands::{average, bench, data, evaluate, report, score, train, translate};
+use crate::commands::{average, bench, data, evaluate, export, report, score, train, translate};
 
 /// What `wick` prints with no arguments (and after `wick --help`).
 pub const START_HERE: &str = "\
@@ -32,6 +32,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Score(a) => score::cmd_score(a),
         Command::Average(a) => average::cmd_average(a),
         Command::Report(a) => report::cmd_report(a),
+        Command::Export(a) => export::cmd_export(a),
         Command::Bench(BenchCommand::Train(a)) => bench::cmd_bench_train(a),
         Command::Bench(BenchCommand::Decode(a)) => bench::cmd_bench_decode(a),
         Command::Bench(BenchCommand::Matmul(a)) => bench::cmd_bench_matmul(a),

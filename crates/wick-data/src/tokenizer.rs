@@ -183,6 +183,24 @@ impl SubwordTokenizer {
             .map_err(|e| tok_err(Path::new("<decode>"), e))
     }
 
+    /// Every token string in id order (`0 .. vocab_size`), as engines that read a vocabulary
+    /// list want it. Errors if an id in that range has no token.
+    pub fn vocabulary(&self) -> Result<Vec<String>> {
+        (0..self.vocab_size() as u32)
+            .map(|id| {
+                self.inner.id_to_token(id).ok_or_else(|| {
+                    tok_err(
+                        Path::new("<vocabulary>"),
+                        format!(
+                            "id {id} has no token although the vocabulary has {} entries",
+                            self.vocab_size()
+                        ),
+                    )
+                })
+            })
+            .collect()
+    }
+
     /// The surface string of each token (for attention plots).
     pub fn tokens(&self, ids: &[u32]) -> Vec<String> {
         ids.iter()

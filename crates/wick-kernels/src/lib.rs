@@ -9,6 +9,7 @@
 //! |---|---|
 //! | [`gemm`] | matrix products on the `gemm` crate, split by rows or columns per thread; transposes |
 //! | [`panel`] | products with weights packed once into panels (inference) |
+//! | [`int8`] | products on int8 weights with inputs quantized per row, on VNNI (inference) |
 //! | [`affine`] | `x·Wᵀ + b`, optionally with ReLU and a dropout mask, one autograd node |
 //! | [`attention`] | softmax(Q·Kᵀ/√d_k + bias)·V for every head, with its backward |
 //! | [`rows`] | softmax, log-softmax and argmax over the last dimension |
@@ -37,6 +38,7 @@ pub mod cross_entropy;
 pub mod embedding;
 pub mod gated;
 pub mod gemm;
+pub mod int8;
 pub mod layer_norm;
 pub mod masked;
 pub mod panel;

@@ -272,10 +272,10 @@ pub struct DecodeTiming {
     pub seconds: f64,
     pub sentences_per_s: f64,
     pub tokens_per_s: f64,
-    /// With `--preset`: the time taken, once per model and before the timed repeats, to lay
-    /// the model's weights out for decoding ([`Seq2Seq::for_decoding`]), not part of
-    /// `seconds`. With `--run` it is paid once per repeat, inside `seconds`, as in
-    /// `wick translate`.
+    /// The time taken, once per model and before the timed repeats, to lay the model's
+    /// weights out for decoding ([`Seq2Seq::for_decoding`]; with int8 weights, to quantize
+    /// them), not part of `seconds`: a `Translator` pays it once, `wick translate` once per
+    /// call.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub layout_seconds: Option<f64>,
 }
@@ -289,6 +289,8 @@ pub struct DecodeBenchRequest<'a> {
     pub uncached: bool,
     pub repeats: usize,
     pub device: &'a Device,
+    /// f32 weights, or int8 (`--quantize int8`).
+    pub weights: wick_model::ops::WeightFormat,
 }
 
 /// Times greedy (cached and, optionally, uncached) and beam decoding of `sources` with the
@@ -307,6 +309,11 @@ pub fn bench_decode(req: DecodeBenchRequest) -> Result<Vec<DecodeTiming>> {
     if req.beam > 1 {
         modes.push(format!("beam{}", req.beam));
     }
+    // Laid out once and timed apart (layout_seconds), as a `Translator` does and as engines
+    // that load a model once are measured.
+    let start = Instant::now();
+    let laid_out = wick_model::ops::with_weight_format(req.weights, || model.for_decoding())?;
+    let layout_seconds = start.elapsed().as_secs_f64();
     let mut out = Vec::new();
     let mut reference: Option<Vec<Vec<u32>>> = None;
     for mode in modes {
@@ -334,8 +341,6 @@ pub fn bench_decode(req: DecodeBenchRequest) -> Result<Vec<DecodeTiming>> {
                     .collect(),
                 })
             };
-            // Laid out inside the timing, as every `wick translate` call does.
-            let laid_out = model.for_decoding()?;
             outputs = decode_batches(&laid_out, tok, decode, &req.sources, search)?;
             best = best.min(start.elapsed().as_secs_f64());
         }
@@ -355,7 +360,7 @@ pub fn bench_decode(req: DecodeBenchRequest) -> Result<Vec<DecodeTiming>> {
             seconds: best,
             sentences_per_s: req.sources.len() as f64 / best.max(1e-9),
             tokens_per_s: tokens as f64 / best.max(1e-9),
-            layout_seconds: None,
+            layout_seconds: Some(layout_seconds),
         });
     }
     Ok(out)
@@ -373,6 +378,8 @@ pub struct PresetDecodeRequest {
     pub beam: usize,
     pub repeats: usize,
     pub device: Device,
+    /// f32 weights, or int8 (`--quantize int8`).
+    pub weights: wick_model::ops::WeightFormat,
 }
 
 /// Times cached greedy decoding (and beam search when `beam > 1`) of `batch_size` random
@@ -385,7 +392,7 @@ pub fn bench_decode_preset(req: PresetDecodeRequest) -> Result<Vec<DecodeTiming>
     let (_store, model) = random_model(&req.model, req.vocab, &req.device)?;
     // Laid out once, like a model loaded for translation (`decode_batches`).
     let start = Instant::now();
-    let model = model.for_decoding()?;
+    let model = wick_model::ops::with_weight_format(req.weights, || model.for_decoding())?;
     let layout_seconds = start.elapsed().as_secs_f64();
     let (b, s) = (req.batch_size, req.src_len);
     let src = RandomIds::new(req.vocab).tensor(b, s, &req.device)?;

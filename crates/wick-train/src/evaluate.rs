@@ -17,6 +17,12 @@ use wick_metrics::{
 use crate::prepare::{Split, load_split};
 use crate::run::{Run, Which};
 use crate::translator::{Translator, source_limit};
+use wick_model::ops::WeightFormat;
+
+/// Reports written before int8 decoding existed decoded with f32 weights.
+fn float32() -> String {
+    "float32".into()
+}
 
 /// Bootstrap resamples for the confidence intervals, and their seed (fixed, so two
 /// evaluations of the same output print the same interval).
@@ -106,6 +112,9 @@ pub struct EvalReport {
     pub checkpoint: PathBuf,
     /// Beam size used (1: greedy).
     pub beam: usize,
+    /// `"float32"`, or `"int8"` for weights quantized for decoding.
+    #[serde(default = "float32")]
+    pub weights: String,
     /// Per-token perplexity of the references under the model (teacher-forced), and the
     /// fraction of reference tokens that are its argmax; pairs longer than the model's
     /// position table are left out of these two (`ref_pairs_scored` says how many count).
@@ -124,6 +133,8 @@ pub struct EvalRequest<'a> {
     pub src_ref: Option<(PathBuf, PathBuf)>,
     pub output: Option<PathBuf>,
     pub device: &'a Device,
+    /// Decode with f32 weights, or int8 (`--quantize int8`).
+    pub weights: WeightFormat,
 }
 
 fn pairs_from_files(src: &Path, reference: &Path) -> Result<Vec<Pair>> {
@@ -158,7 +169,8 @@ pub fn evaluate(req: EvalRequest) -> Result<EvalReport> {
     let start = Instant::now();
     let sources: Vec<String> = pairs.iter().map(|p| p.src.clone()).collect();
     let decode = &run.config.decode;
-    let translator = Translator::from_model(&model, run.tokenizers.clone(), decode.clone())?;
+    let translator = Translator::from_model(&model, run.tokenizers.clone(), decode.clone())?
+        .with_weights(req.weights)?;
     let nbest = if decode.n_best > 1 {
         Some(translator.translate_nbest(&sources)?)
     } else {
@@ -210,7 +222,11 @@ pub fn evaluate(req: EvalRequest) -> Result<EvalReport> {
             1 => String::new(),
             k => format!(".beam{k}"),
         };
-        format!("{name}.{which}{beam}")
+        let weights = match req.weights {
+            WeightFormat::F32 => "",
+            WeightFormat::Int8 => ".int8",
+        };
+        format!("{name}.{which}{beam}{weights}")
     };
     let hyp_file = req
         .output
@@ -252,6 +268,7 @@ pub fn evaluate(req: EvalRequest) -> Result<EvalReport> {
         hyp_file,
         checkpoint: run.checkpoint_path(&req.which),
         beam: run.config.decode.beam,
+        weights: req.weights.name().to_string(),
         ref_ppl,
         ref_token_acc,
         ref_pairs_scored: examples.len(),

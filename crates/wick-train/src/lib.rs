@@ -32,6 +32,7 @@ pub mod config;
 pub mod datacheck;
 pub mod device;
 pub mod evaluate;
+pub mod export;
 pub mod optim;
 pub mod prepare;
 pub mod report;
@@ -47,3 +48,4 @@ pub use trainer::{
     Progress, ResumeRequest, StderrProgress, TrainRequest, TrainSummary, resume, train,
 };
 pub use translator::{Candidate, Translator};
+pub use wick_model::ops::WeightFormat;

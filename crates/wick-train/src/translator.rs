@@ -12,6 +12,7 @@ use candle_core::Device;
 use wick_data::SourceBatch;
 use wick_data::batcher::token_batches;
 use wick_data::tokenizer::SPECIALS;
+use wick_model::ops::WeightFormat;
 use wick_model::search::{BeamConfig, SpecialIds, beam_search, greedy};
 use wick_model::{Memory, Model, Seq2Seq, ops};
 
@@ -81,7 +82,11 @@ pub struct Candidate {
 /// # }
 /// ```
 pub struct Translator {
+    /// Laid out for decoding in `weights`.
     model: Model,
+    /// As loaded, for laying out again in another format.
+    source: Model,
+    weights: WeightFormat,
     tokenizers: Tokenizers,
     decode: DecodeConfig,
     /// The pool every call runs in; `None`: the caller's.
@@ -93,6 +98,7 @@ impl std::fmt::Debug for Translator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Translator")
             .field("model", &self.model)
+            .field("weights", &self.weights)
             .field("decode", &self.decode)
             .field("threads", &self.threads())
             .field("checkpoint", &self.checkpoint)
@@ -137,11 +143,29 @@ impl Translator {
         decode.validate().map_err(anyhow::Error::msg)?;
         Ok(Self {
             model: model.for_decoding()?,
+            source: model.clone(),
+            weights: WeightFormat::F32,
             tokenizers,
             decode,
             pool: None,
             checkpoint: None,
         })
+    }
+
+    /// Decodes with weights in `format`: [`WeightFormat::Int8`] quantizes every linear layer
+    /// and the output projection per output row, and the inputs of each product per row
+    /// (`wick translate --quantize int8`; CPU only). Embeddings and norms stay f32.
+    pub fn with_weights(mut self, format: WeightFormat) -> Result<Self> {
+        if format != self.weights {
+            self.model = ops::with_weight_format(format, || self.source.for_decoding())?;
+            self.weights = format;
+        }
+        Ok(self)
+    }
+
+    /// The format of the weights it decodes with.
+    pub fn weights(&self) -> WeightFormat {
+        self.weights
     }
 
     /// Decodes on a pool of `threads` threads of its own.

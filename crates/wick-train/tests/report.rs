@@ -113,6 +113,7 @@ fn the_report_plots_the_runs_numbers_once_per_step_across_a_resume() {
         src_ref: None,
         output: None,
         device: &Device::Cpu,
+        weights: Default::default(),
     })
     .unwrap();
     let html = report(&run);

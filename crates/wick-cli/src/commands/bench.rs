@@ -148,6 +148,7 @@ pub(crate) fn cmd_bench_decode(a: BenchDecodeArgs) -> Result<()> {
                 uncached: !a.no_uncached,
                 repeats: a.repeats,
                 device: &device,
+                weights: a.quantize.unwrap_or_default(),
             })?
         }
         (None, Some(preset)) => {
@@ -164,6 +165,7 @@ pub(crate) fn cmd_bench_decode(a: BenchDecodeArgs) -> Result<()> {
                 beam: a.beam,
                 repeats: a.repeats,
                 device,
+                weights: a.quantize.unwrap_or_default(),
             })?
         }
         (None, None) => bail!("give --run DIR or --preset tiny|small|base|rnn|conv"),

@@ -19,6 +19,7 @@ pub(crate) fn cmd_evaluate(a: EvaluateArgs) -> Result<()> {
         src_ref,
         output: a.output,
         device: &device,
+        weights: a.decode.weights(),
     })?;
     if a.json {
         println!("{}", serde_json::to_string(&report)?);

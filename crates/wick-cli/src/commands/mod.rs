@@ -5,6 +5,7 @@ pub(crate) mod average;
 pub(crate) mod bench;
 pub(crate) mod data;
 pub(crate) mod evaluate;
+pub(crate) mod export;
 pub(crate) mod report;
 pub(crate) mod score;
 pub(crate) mod train;

@@ -89,6 +89,7 @@ pub(crate) fn cmd_train(a: TrainArgs) -> Result<()> {
             src_ref: None,
             output: None,
             device: &device,
+            weights: Default::default(),
         })?;
         let decoding = match report.beam {
             1 => "greedy".to_string(),

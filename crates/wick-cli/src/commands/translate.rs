@@ -16,7 +16,8 @@ pub(crate) fn cmd_translate(a: TranslateArgs) -> Result<()> {
     let mut run = Run::open(&a.run.run)?;
     a.decode.apply(&mut run.config)?;
     let translator = Translator::from_run(&run.dir, a.run.checkpoint.clone(), &device)?
-        .with_decoding(run.config.decode.clone())?;
+        .with_decoding(run.config.decode.clone())?
+        .with_weights(a.decode.weights())?;
     if a.attention.is_some() || a.attention_json.is_some() {
         return translate_with_attention(&a, &translator);
     }

@@ -58,7 +58,9 @@ impl Linear {
     /// operand that is not in its kernel's layout on every call, and with the few rows of a
     /// decoding step that packing of W took a fifth of a step (perf, small preset, greedy,
     /// one thread). Later updates to the trained weight are not seen by the copy; the copy's
-    /// products have no backward. A layer already laid out is returned as it is (a clone).
+    /// products have no backward. The weights are stored in the thread's weight format
+    /// ([`ops::with_weight_format`]: f32, or int8). A layer already laid out is returned as
+    /// it is (a clone), whatever the format.
     pub fn for_decoding(&self) -> Result<Self> {
         if self.laid_out.is_some() {
             return Ok(self.clone());

@@ -233,27 +233,117 @@ pub fn affine(
     }
 }
 
+/// How [`lay_out_for_decoding`] stores weights: as trained, or as int8.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum WeightFormat {
+    /// f32, as trained.
+    #[default]
+    F32,
+    /// int8 rows with one scale each (CTranslate2's int8), inputs quantized per row at every
+    /// product (`wick_kernels::int8`); CPU only.
+    Int8,
+}
+
+impl WeightFormat {
+    /// `float32` or `int8`.
+    pub fn name(self) -> &'static str {
+        match self {
+            WeightFormat::F32 => "float32",
+            WeightFormat::Int8 => "int8",
+        }
+    }
+}
+
+impl std::str::FromStr for WeightFormat {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
+        match s {
+            "float32" => Ok(WeightFormat::F32),
+            "int8" => Ok(WeightFormat::Int8),
+            other => Err(format!(
+                "unknown weight format `{other}` (expected int8 or float32)"
+            )),
+        }
+    }
+}
+
+thread_local! {
+    static WEIGHT_FORMAT: std::cell::Cell<WeightFormat> =
+        const { std::cell::Cell::new(WeightFormat::F32) };
+}
+
+/// The format [`lay_out_for_decoding`] uses on this thread.
+pub fn weight_format() -> WeightFormat {
+    WEIGHT_FORMAT.with(|c| c.get())
+}
+
+/// Runs `f` with weights laid out for decoding in `format` on this thread: what
+/// `model.for_decoding()` lays out inside it is stored that way. Scoped like
+/// [`with_reference_ops`], so that every architecture's layout code stays as it is.
+pub fn with_weight_format<R>(format: WeightFormat, f: impl FnOnce() -> R) -> R {
+    struct Restore(WeightFormat);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            WEIGHT_FORMAT.with(|c| c.set(self.0));
+        }
+    }
+    let _restore = Restore(WEIGHT_FORMAT.with(|c| c.replace(format)));
+    f()
+}
+
 /// A weight laid out once for products with few rows (decoding steps, and the encoder before
-/// them): packed into panels on the kernel path, stored transposed elsewhere.
+/// them): packed into panels on the kernel path, stored transposed elsewhere, or as int8.
 #[derive(Clone, Debug)]
 pub enum LaidOut {
     /// `(⌈out/64⌉, in, 64)` panels (`wick_kernels::panel`).
     Panels(Tensor),
     /// Wᵀ `(in, out)`, contiguous.
     Transposed(Tensor),
+    /// int8 rows for the kernel (`wick_kernels::int8`), and the weight they stand for,
+    /// `(wq / s_w)ᵀ` `(in, out)`, which the composed path multiplies by.
+    Int8 {
+        weight: std::sync::Arc<k::int8::QuantizedWeight>,
+        dequantized_t: Tensor,
+    },
 }
 
-/// Lays `w` `(out, in)` out for decoding ([`LaidOut`]).
+impl LaidOut {
+    /// The format this layout stores.
+    pub fn format(&self) -> WeightFormat {
+        match self {
+            LaidOut::Panels(_) | LaidOut::Transposed(_) => WeightFormat::F32,
+            LaidOut::Int8 { .. } => WeightFormat::Int8,
+        }
+    }
+}
+
+/// Lays `w` `(out, in)` out for decoding ([`LaidOut`]) in this thread's [`weight_format`].
 pub fn lay_out_for_decoding(w: &Tensor) -> Result<LaidOut> {
-    if use_kernels(w) {
-        Ok(LaidOut::Panels(k::panel::pack(w)?))
-    } else {
-        Ok(LaidOut::Transposed(reference::transpose_contiguous(w)?))
+    match weight_format() {
+        WeightFormat::Int8 => {
+            if !w.device().is_cpu() {
+                bail!(
+                    "int8 weights are for decoding on the CPU, this model is on {:?}",
+                    w.device()
+                )
+            }
+            let weight = k::int8::QuantizedWeight::quantize(w)?;
+            let dequantized_t = reference::transpose_contiguous(&weight.dequantize()?)?;
+            Ok(LaidOut::Int8 {
+                weight: std::sync::Arc::new(weight),
+                dequantized_t,
+            })
+        }
+        WeightFormat::F32 if use_kernels(w) => Ok(LaidOut::Panels(k::panel::pack(w)?)),
+        WeightFormat::F32 => Ok(LaidOut::Transposed(reference::transpose_contiguous(w)?)),
     }
 }
 
 /// [`affine`] of a layer whose weight `w` `(out, in)` is also laid out as `laid_out`; no
-/// gradient. Panels serve the kernel path; a path that cannot use them reads `w`.
+/// gradient. Panels serve the kernel path; a path that cannot use them reads `w`. int8
+/// layouts always compute in int8: the kernel on the kernel path, its composed twin
+/// ([`reference::affine_int8`]) elsewhere.
 pub fn affine_laid_out(
     x: &Tensor,
     w: &Tensor,
@@ -262,6 +352,8 @@ pub fn affine_laid_out(
     relu: bool,
 ) -> Result<Tensor> {
     match laid_out {
+        LaidOut::Int8 { weight, .. } if use_kernels(x) => k::int8::affine(x, weight, b, relu),
+        LaidOut::Int8 { dequantized_t, .. } => reference::affine_int8(x, dequantized_t, b, relu),
         LaidOut::Panels(panels) if use_kernels(x) => {
             k::panel::affine(x, panels, b, w.dim(0)?, relu)
         }

@@ -127,6 +127,30 @@ pub fn affine_transposed(
     finish_affine(x2.matmul(wt)?, b, relu, None, dims)
 }
 
+/// [`affine_transposed`] as the int8 kernel computes it: each row of `x` scaled so that its
+/// largest magnitude is 127, rounded, and scaled back before the product with the
+/// dequantized weight `wt` `(in, out)`. Rounding is half away from zero, which the kernel's
+/// inputs follow too. The kernel sums the integers exactly and scales once; this sums the
+/// scaled values in f32, so the two agree to float rounding.
+pub fn affine_int8(x: &Tensor, wt: &Tensor, b: Option<&Tensor>, relu: bool) -> Result<Tensor> {
+    let (d_in, d_out) = wt.dims2()?;
+    let (x2, dims) = rows_of(x, d_in, d_out)?;
+    let amax = x2.abs()?.max_keepdim(1)?; // (rows, 1)
+    // An all-zero row keeps the scale 1 (its values stay 0).
+    let amax = (&amax + amax.eq(0.0)?.to_dtype(x2.dtype())?)?;
+    // 127 / amax, divided as the kernel divides (not 127 · (1 / amax), one rounding more),
+    // so that both scale every value to the same float before rounding.
+    let scale = Tensor::full(127f32, (), x2.device())?
+        .to_dtype(x2.dtype())?
+        .broadcast_div(&amax)?;
+    let xq = x2
+        .broadcast_mul(&scale)?
+        .round()?
+        .clamp(-127f32, 127f32)?
+        .broadcast_div(&scale)?;
+    finish_affine(xq.matmul(wt)?, b, relu, None, dims)
+}
+
 /// The mask as a tensor of `x`'s shape, dtype and device. Masks are drawn on the host from
 /// the model's seeded stream and copied to the device, one per dropout.
 fn mask_tensor(x: &Tensor, mask: Vec<f32>) -> Result<Tensor> {

@@ -181,6 +181,72 @@ fn fused_linear_matches_reference() -> Result<()> {
     Ok(())
 }
 
+/// A linear layer laid out as int8 (`ops::with_weight_format`): the VNNI/portable kernel
+/// against its composed twin (the same quantization in Candle ops), and both within int8's
+/// error of the f32 layer.
+#[test]
+fn int8_linear_matches_reference_and_f32() -> Result<()> {
+    use candle_core::Module;
+    use candle_nn::{VarBuilder, VarMap};
+    use wick_model::layers::Linear;
+    use wick_model::ops::WeightFormat;
+    for (shape, d_out, seed) in [
+        (vec![5, 7], 3, 1),
+        (vec![4, 6, 16], 48, 2),
+        (vec![64, 24, 128], 512, 3),
+        (vec![320, 256], 1000, 4),
+    ] {
+        let d_in = *shape.last().unwrap();
+        let map = VarMap::new();
+        let layer = Linear::new(
+            d_in,
+            d_out,
+            true,
+            VarBuilder::from_varmap(&map, DType::F32, &Device::Cpu),
+        )?;
+        for (name, var) in map.data().lock().unwrap().iter() {
+            var.set(&randn(var.dims(), seed + name.len() as u64)?)?;
+        }
+        let x = randn(&shape, seed + 7)?;
+        let int8 = ops::with_weight_format(WeightFormat::Int8, || layer.for_decoding())?;
+        assert!(matches!(int8.laid_out(), Some(ops::LaidOut::Int8 { .. })));
+        // Laid out once: a later call outside the scope keeps the int8 layout.
+        assert!(matches!(
+            int8.for_decoding()?.laid_out(),
+            Some(ops::LaidOut::Int8 { .. })
+        ));
+        let exact = ops::reference::affine(&x, layer.weight(), layer.bias(), false, None)?;
+        let top = exact
+            .abs()?
+            .flatten_all()?
+            .max(0)?
+            .to_scalar::<f32>()?
+            .max(1.0);
+        for relu in [false, true] {
+            let apply = |l: &Linear| {
+                if relu {
+                    l.forward_relu(&x)
+                } else {
+                    l.forward(&x)
+                }
+            };
+            let kernel = apply(&int8)?;
+            let composed = ops::with_reference_ops(|| apply(&int8))?;
+            assert_eq!(kernel.dims(), exact.dims());
+            let d = max_diff(&kernel, &composed)? / top;
+            assert!(
+                d < 1e-5,
+                "int8 kernel vs composed {shape:?} relu {relu}: {d}"
+            );
+            let f32_out = if relu { exact.relu()? } else { exact.clone() };
+            // Two roundings of 1/254 of each row's range, over d_in terms of random sign.
+            let d = max_diff(&kernel, &f32_out)? / top;
+            assert!(d < 0.02, "int8 vs f32 {shape:?} relu {relu}: {d}");
+        }
+    }
+    Ok(())
+}
+
 #[test]
 fn feed_forward_dropout_fused_equals_composed() -> Result<()> {
     use candle_nn::{VarBuilder, VarMap};
