@@ -46,11 +46,13 @@ pub fn draw(map: &AttentionMap, panels: Panels, path: &Path) -> Result<()> {
     let panels: Vec<(String, Vec<Vec<f32>>)> = match panels {
         Panels::LayerMeans => (0..map.layers.len())
             .map(|l| {
-                let heads = map.layers[l].len();
-                (
-                    format!("layer {} (mean of {heads} heads)", l + 1),
-                    map.mean_over_heads(l),
-                )
+                // One panel of one head (an RNN's single alignment) needs no layer name.
+                let title = match (map.layers.len(), map.layers[l].len()) {
+                    (1, 1) => "attention".to_string(),
+                    (_, 1) => format!("layer {}", l + 1),
+                    (_, heads) => format!("layer {} (mean of {heads} heads)", l + 1),
+                };
+                (title, map.mean_over_heads(l))
             })
             .collect(),
         Panels::HeadsOf(layer) => {
