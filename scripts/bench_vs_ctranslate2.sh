@@ -53,8 +53,8 @@ def lines(p):
     p = Path(p)
     raw = gzip.open(p, "rt", encoding="utf-8") if p.suffix == ".gz" else open(p, encoding="utf-8")
     return raw.read().splitlines()
-if "tsv" in test:
-    pairs = [l.split("\t") for l in lines(test["tsv"])]
+if isinstance(test, str) or "tsv" in test:  # `test = "x.tsv"` or `test = { tsv = "x.tsv" }`
+    pairs = [l.split("\t") for l in lines(test if isinstance(test, str) else test["tsv"])]
     src, ref = [p[0] for p in pairs], [p[1] for p in pairs]
 else:
     src, ref = lines(test["src"]), lines(test["tgt"])
