@@ -69,8 +69,16 @@ fn quantize(x: f32, scale: f32) -> i8 {
 
 /// An input value in int8: rounded half away from zero, as Candle's `round` (the composed
 /// twin, `wick_model::ops::reference::affine_int8`) rounds, so that both quantize alike.
+///
+/// Written with a truncating conversion instead of `f32::round`, which is a library call the
+/// compiler cannot vectorize. Clamping first to the integer bounds gives the same result
+/// (rounding is monotone), keeps the conversion in range, and sends NaN to 0 as `as i8` does.
+#[inline]
 fn quantize_input(x: f32, scale: f32) -> i8 {
-    (x * scale).round().clamp(-127.0, 127.0) as i8
+    let v = (x * scale).clamp(-127.0, 127.0);
+    let t = v as i32; // toward zero
+    let frac = v - t as f32; // exact: |v| < 2²³
+    (t + i32::from(frac >= 0.5) - i32::from(frac <= -0.5)) as i8
 }
 
 impl QuantizedWeight {
@@ -541,6 +549,36 @@ mod tests {
             }
         }
         Ok(())
+    }
+
+    #[test]
+    fn input_rounding_is_half_away_from_zero() {
+        let reference = |v: f32| (v.round().clamp(-127.0, 127.0)) as i8;
+        let mut values = vec![
+            0.0,
+            -0.0,
+            0.5,
+            -0.5,
+            1.5,
+            -1.5,
+            2.5,
+            -2.5,
+            0.49999997,
+            -0.49999997,
+            126.5,
+            -126.5,
+            127.0,
+            127.4,
+            200.0,
+            -1e9,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::NAN,
+        ];
+        values.extend((0..20_000).map(|i| (i as f32 - 10_000.0) * 0.0137));
+        for v in values {
+            assert_eq!(quantize_input(v, 1.0), reference(v), "{v}");
+        }
     }
 
     #[test]
