@@ -5,29 +5,11 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic
 
+mod common;
+
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
 
-fn wick_on(reference: bool, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_wick"))
-        .env("WICK_REFERENCE_OPS", if reference { "1" } else { "0" })
-        .env("RUST_BACKTRACE", "0")
-        .args(args)
-        .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("../.."))
-        .stdin(Stdio::null())
-        .output()
-        .expect("wick runs")
-}
-
-fn ok(out: Output) -> String {
-    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(
-        out.status.success(),
-        "wick failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
-}
+use common::{ok, wick_on};
 
 /// Small and quick: a few hundred sequences, a few dozen updates; a schedule that does not
 /// depend on `max_steps`, so that a run stopped early is the start of the longer one.

@@ -9,34 +9,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic
 
+mod common;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 
-fn wick(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_wick"))
-        .env("RUST_BACKTRACE", "0")
-        .args(args)
-        .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("../.."))
-        .stdin(Stdio::null())
-        .output()
-        .expect("wick runs")
-}
-
-fn ok(out: Output) -> String {
-    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(
-        out.status.success(),
-        "wick failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
-}
-
-fn err(out: Output) -> String {
-    assert!(!out.status.success(), "wick should have failed");
-    String::from_utf8_lossy(&out.stderr).to_string()
-}
+use common::{err, ok, walk, wick};
 
 /// A few updates of a sanity config, enough for a checkpoint.
 fn train(config: &str, run: &Path, extra: &[&str]) {
@@ -176,19 +155,6 @@ fn files(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
         })
         .collect();
     out.sort();
-    out
-}
-
-fn walk(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).unwrap() {
-        let p = e.unwrap().path();
-        if p.is_dir() {
-            out.extend(walk(&p));
-        } else {
-            out.push(p);
-        }
-    }
     out
 }
 

@@ -4,29 +4,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic
 
-use std::path::Path;
-use std::process::{Command, Output, Stdio};
+mod common;
 
-fn wick_on(reference: bool, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_wick"))
-        .env("WICK_REFERENCE_OPS", if reference { "1" } else { "0" })
-        .env("RUST_BACKTRACE", "0")
-        .args(args)
-        .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("../.."))
-        .stdin(Stdio::null())
-        .output()
-        .expect("wick runs")
-}
-
-fn ok(out: Output) -> String {
-    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(
-        out.status.success(),
-        "wick failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
-}
+use common::{ok, wick_on};
 
 fn evaluate(run: &str, extra: &[&str]) -> serde_json::Value {
     let mut args = vec!["evaluate", "--run", run, "--beam", "1", "--json"];

@@ -448,10 +448,11 @@ fn transformer_spec(cfg: &TransformerConfig, w: &mut Weights) -> Result<Spec> {
     spec.int16("decoder/alignment_heads", 1)?;
     spec.int16("decoder/alignment_layer", -1)?;
 
-    for i in 0..cfg.encoder_layers {
-        let (from, to) = (format!("encoder.layers.{i}"), format!("encoder/layer_{i}"));
+    // The blocks both stacks have: self-attention (fused Q/K/V as `linear_0`) and the
+    // feed-forward network, each with its norm.
+    let self_attention = |spec: &mut Spec, w: &mut Weights, from: &str, to: &str| {
         linear(
-            &mut spec,
+            spec,
             w,
             &format!("{from}.self_attn.qkv_proj"),
             &format!("{to}/self_attention/linear_0"),
@@ -459,7 +460,7 @@ fn transformer_spec(cfg: &TransformerConfig, w: &mut Weights) -> Result<Spec> {
             d,
         )?;
         linear(
-            &mut spec,
+            spec,
             w,
             &format!("{from}.self_attn.out_proj"),
             &format!("{to}/self_attention/linear_1"),
@@ -467,13 +468,15 @@ fn transformer_spec(cfg: &TransformerConfig, w: &mut Weights) -> Result<Spec> {
             d,
         )?;
         norm(
-            &mut spec,
+            spec,
             w,
             &format!("{from}.self_attn_norm"),
             &format!("{to}/self_attention/layer_norm"),
-        )?;
+        )
+    };
+    let ffn = |spec: &mut Spec, w: &mut Weights, from: &str, to: &str| {
         linear(
-            &mut spec,
+            spec,
             w,
             &format!("{from}.ffn.fc1"),
             &format!("{to}/ffn/linear_0"),
@@ -481,7 +484,7 @@ fn transformer_spec(cfg: &TransformerConfig, w: &mut Weights) -> Result<Spec> {
             d,
         )?;
         linear(
-            &mut spec,
+            spec,
             w,
             &format!("{from}.ffn.fc2"),
             &format!("{to}/ffn/linear_1"),
@@ -489,36 +492,20 @@ fn transformer_spec(cfg: &TransformerConfig, w: &mut Weights) -> Result<Spec> {
             cfg.d_ff,
         )?;
         norm(
-            &mut spec,
+            spec,
             w,
             &format!("{from}.ffn_norm"),
             &format!("{to}/ffn/layer_norm"),
-        )?;
+        )
+    };
+    for i in 0..cfg.encoder_layers {
+        let (from, to) = (format!("encoder.layers.{i}"), format!("encoder/layer_{i}"));
+        self_attention(&mut spec, w, &from, &to)?;
+        ffn(&mut spec, w, &from, &to)?;
     }
     for i in 0..cfg.decoder_layers {
         let (from, to) = (format!("decoder.layers.{i}"), format!("decoder/layer_{i}"));
-        linear(
-            &mut spec,
-            w,
-            &format!("{from}.self_attn.qkv_proj"),
-            &format!("{to}/self_attention/linear_0"),
-            3 * d,
-            d,
-        )?;
-        linear(
-            &mut spec,
-            w,
-            &format!("{from}.self_attn.out_proj"),
-            &format!("{to}/self_attention/linear_1"),
-            d,
-            d,
-        )?;
-        norm(
-            &mut spec,
-            w,
-            &format!("{from}.self_attn_norm"),
-            &format!("{to}/self_attention/layer_norm"),
-        )?;
+        self_attention(&mut spec, w, &from, &to)?;
         linear(
             &mut spec,
             w,
@@ -549,28 +536,7 @@ fn transformer_spec(cfg: &TransformerConfig, w: &mut Weights) -> Result<Spec> {
             &format!("{from}.cross_attn_norm"),
             &format!("{to}/attention/layer_norm"),
         )?;
-        linear(
-            &mut spec,
-            w,
-            &format!("{from}.ffn.fc1"),
-            &format!("{to}/ffn/linear_0"),
-            cfg.d_ff,
-            d,
-        )?;
-        linear(
-            &mut spec,
-            w,
-            &format!("{from}.ffn.fc2"),
-            &format!("{to}/ffn/linear_1"),
-            d,
-            cfg.d_ff,
-        )?;
-        norm(
-            &mut spec,
-            w,
-            &format!("{from}.ffn_norm"),
-            &format!("{to}/ffn/layer_norm"),
-        )?;
+        ffn(&mut spec, w, &from, &to)?;
     }
     if cfg.norm == NormPosition::Pre {
         norm(&mut spec, w, "encoder.final_norm", "encoder/layer_norm")?;
