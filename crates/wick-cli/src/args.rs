@@ -243,7 +243,7 @@ pub struct DecodeArgs {
     /// Output length limit a · source tokens + b: the b.
     #[arg(long)]
     pub max_len_b: Option<usize>,
-    /// Source tokens per decoding batch.
+    /// Source tokens × beam per decoding batch.
     #[arg(long)]
     pub batch_tokens: Option<usize>,
     /// Keep the N best beam hypotheses (N ≤ --beam). `translate` prints them as

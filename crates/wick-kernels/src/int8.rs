@@ -304,9 +304,15 @@ impl I8Affine {
                     // SAFETY: row r0 + i, columns c0 .. c0 + cols lie inside the `rows × n`
                     // output, which outlives the loop, and no other task writes them (tasks
                     // own whole panels).
+                    // A copy of constant length where the panel is full, so that it compiles to
+                    // a few vector moves rather than a call to memcpy.
                     unsafe {
                         let dst = out.get_mut().add((r0 + i) * n + c0);
-                        std::ptr::copy_nonoverlapping(row.as_ptr(), dst, cols);
+                        if cols == PANEL {
+                            std::ptr::copy_nonoverlapping(row.as_ptr(), dst, PANEL);
+                        } else {
+                            std::ptr::copy_nonoverlapping(row.as_ptr(), dst, cols);
+                        }
                     }
                 }
                 r0 += r;

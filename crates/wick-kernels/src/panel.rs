@@ -159,27 +159,36 @@ impl PanelAffine {
             if let Some(bias) = bias {
                 b[..cols].copy_from_slice(&bias[c0..c0 + cols]);
             }
-            let mut block = vec![0f32; (r1 - r0) * PANEL];
-            // The first depth slice of the next panel, which the next task (on this thread,
+            // The next panel's first depth slice, which the next task (on this thread,
             // mostly) reads first: prefetched during this panel's last slice.
             let next = ((p + 1) * k * PANEL).min(panels.len());
             let following = &panels[next..(next + KC * PANEL).min(panels.len())];
-            panel_block(
+            let (x, panel) = (
                 &x[r0 * k..r1 * k],
                 &panels[p * k * PANEL..(p + 1) * k * PANEL],
-                following,
-                &b,
-                self.relu,
-                self.wide,
-                &mut block,
             );
-            for (i, row) in block.chunks_exact(PANEL).enumerate() {
-                // SAFETY: row r0 + i, columns c0 .. c0 + cols lie inside the `rows × n`
-                // output, which outlives the loop, and no other task writes them (tasks
-                // split the rows and the panels).
-                unsafe {
-                    let dst = out.get_mut().add((r0 + i) * n + c0);
-                    std::ptr::copy_nonoverlapping(row.as_ptr(), dst, cols);
+            if cols == PANEL {
+                // Straight into the output: through a block of its own, the copy out (and
+                // the block's zeroing) took a tenth of a greedy decoding step.
+                // SAFETY: rows r0..r1, columns c0..c0 + PANEL of the `rows × n` output
+                // belong to this task alone (tasks split the rows and the panels), and the
+                // output outlives the loop.
+                let dst = unsafe { Block::new(out.get_mut().add(r0 * n + c0), n) };
+                panel_block(x, panel, following, &b, self.relu, self.wide, dst, r1 - r0);
+            } else {
+                // The last panel is narrower than the tiles, which write PANEL columns.
+                let mut block = vec![0f32; (r1 - r0) * PANEL];
+                // SAFETY: `block` holds r1 − r0 rows of PANEL, and nothing else refers to it
+                // until panel_block returns.
+                let dst = unsafe { Block::new(block.as_mut_ptr(), PANEL) };
+                panel_block(x, panel, following, &b, self.relu, self.wide, dst, r1 - r0);
+                for (i, row) in block.chunks_exact(PANEL).enumerate() {
+                    // SAFETY: row r0 + i, columns c0 .. c0 + cols lie inside the `rows × n`
+                    // output, which outlives the loop, and no other task writes them.
+                    unsafe {
+                        let dst = out.get_mut().add((r0 + i) * n + c0);
+                        std::ptr::copy_nonoverlapping(row.as_ptr(), dst, cols);
+                    }
                 }
             }
         };
@@ -244,7 +253,57 @@ impl CustomOp3 for PanelAffine {
 /// re-read the whole panel from L2, and 1,536 rows ran at 60% of `gemm`'s speed.
 const KC: usize = 128;
 
-/// One panel times a block of rows: `block` `(rows, PANEL)` = x `(rows, k)` · panel
+/// Where a task's sums go: `PANEL` columns of each of its rows, row r at `ptr + r · ld` (the
+/// product's output, or a block of its own for a narrow last panel).
+#[derive(Clone, Copy)]
+struct Block {
+    ptr: *mut f32,
+    ld: usize,
+}
+
+impl Block {
+    /// # Safety
+    /// For every row r the caller passes to [`Self::cols`], `ptr + r · ld .. + PANEL` must be
+    /// valid for reads and writes, and nothing else may access it while the block is used.
+    unsafe fn new(ptr: *mut f32, ld: usize) -> Self {
+        Self { ptr, ld }
+    }
+
+    /// The block from row `r` on.
+    fn from_row(self, r: usize) -> Self {
+        Self {
+            ptr: self.ptr.wrapping_add(r * self.ld),
+            ld: self.ld,
+        }
+    }
+
+    /// Copies columns `off .. off + W` of row `r` into `dst`.
+    ///
+    /// # Safety
+    /// `r` is a row of the block, `off + W ≤ PANEL`, and those columns were stored.
+    #[inline(always)]
+    unsafe fn load<const W: usize>(self, r: usize, off: usize, dst: &mut [f32; W]) {
+        debug_assert!(off + W <= PANEL);
+        // SAFETY: the caller's promise, and `new`'s.
+        unsafe {
+            std::ptr::copy_nonoverlapping(self.ptr.add(r * self.ld + off), dst.as_mut_ptr(), W)
+        }
+    }
+
+    /// Stores `src` in columns `off .. off + W` of row `r` (through a pointer, not a slice:
+    /// the output is not initialised before its first store).
+    ///
+    /// # Safety
+    /// `r` is a row of the block and `off + W ≤ PANEL`.
+    #[inline(always)]
+    unsafe fn store<const W: usize>(self, r: usize, off: usize, src: &[f32; W]) {
+        debug_assert!(off + W <= PANEL);
+        // SAFETY: the caller's promise, and `new`'s.
+        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), self.ptr.add(r * self.ld + off), W) }
+    }
+}
+
+/// One panel times a block of rows: `block` (`rows` rows of `PANEL`) = x `(rows, k)` · panel
 /// `(k, PANEL)` + bias, rectified with `relu`.
 ///
 /// The rows are cut into as few tiles of at most [`TILE_ROWS`] as cover them, of balanced
@@ -259,12 +318,12 @@ fn panel_block(
     bias: &[f32; PANEL],
     relu: bool,
     wide: bool,
-    block: &mut [f32],
+    block: Block,
+    rows: usize,
 ) {
     const AVX512: bool = selected_target!().supports_feature_str("avx512f");
     const FMA: bool = selected_target!().supports_feature_str("fma");
     let k = panel.len() / PANEL;
-    let rows = block.len() / PANEL;
     let n_tiles = rows.div_ceil(TILE_ROWS);
     let wide = AVX512 && wide;
     let mut k0 = 0;
@@ -289,10 +348,7 @@ fn panel_block(
             };
             // At most TILE_ROWS: the rows left never exceed TILE_ROWS per tile left.
             let n = (rows - r0).div_ceil(n_tiles - t);
-            let (xt, yt) = (
-                &x[r0 * k..(r0 + n) * k],
-                &mut block[r0 * PANEL..(r0 + n) * PANEL],
-            );
+            let (xt, yt) = (&x[r0 * k..(r0 + n) * k], block.from_row(r0));
             match n {
                 1 => rows_tile::<1, FMA>(xt, &pass, bias, yt),
                 2 => rows_tile::<2, FMA>(xt, &pass, bias, yt),
@@ -350,13 +406,13 @@ fn prefetch_row(ahead: &[f32], kk: usize) {
     }
 }
 
-/// A tile of exactly `R` rows (x `(R, k)`, out `(R, PANEL)`) over one depth slice.
+/// A tile of exactly `R` rows (x `(R, k)`, out `R` rows of the block) over one depth slice.
 #[inline(always)]
 fn rows_tile<const R: usize, const FMA: bool>(
     x: &[f32],
     pass: &Pass,
     bias: &[f32; PANEL],
-    out: &mut [f32],
+    out: Block,
 ) {
     let (k, k0, k1) = pass.depth;
     let xs: [&[f32]; R] = std::array::from_fn(|r| &x[r * k + k0..r * k + k1]);
@@ -379,18 +435,19 @@ fn tile<const R: usize, const W: usize, const FMA: bool>(
     pass: &Pass,
     off: usize,
     bias: &[f32; PANEL],
-    out: &mut [f32],
+    out: Block,
 ) {
     let k = xs[0].len();
     let xs: [&[f32]; R] = std::array::from_fn(|r| &xs[r][..k]);
     let panel = &pass.panel[..k * PANEL];
-    let out = &mut out[..R * PANEL];
     let mut acc = [[0f32; W]; R];
     for (r, a) in acc.iter_mut().enumerate() {
         if pass.first {
             a.copy_from_slice(&bias[off..off + W]);
         } else {
-            a.copy_from_slice(&out[r * PANEL + off..r * PANEL + off + W]);
+            // SAFETY: row r < R of this tile's rows, W columns from off within PANEL, stored
+            // by the previous depth slice.
+            unsafe { out.load(r, off, a) };
         }
     }
     let (mut next_prefetch, stride) = pass.prefetch;
@@ -408,11 +465,14 @@ fn tile<const R: usize, const W: usize, const FMA: bool>(
         }
     }
     let relu = pass.relu && pass.last;
-    for (r, a) in acc.iter().enumerate() {
-        let o = &mut out[r * PANEL + off..r * PANEL + off + W];
-        for (o, &v) in o.iter_mut().zip(a) {
-            *o = if relu { v.max(0.0) } else { v };
+    for (r, a) in acc.iter_mut().enumerate() {
+        if relu {
+            for v in a.iter_mut() {
+                *v = v.max(0.0);
+            }
         }
+        // SAFETY: row r < R of this tile's rows, W columns from off within PANEL.
+        unsafe { out.store(r, off, a) };
     }
 }
 

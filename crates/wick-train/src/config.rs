@@ -229,7 +229,8 @@ pub struct DecodeConfig {
     /// Output length limit: `max_len_a · source_tokens + max_len_b` subword tokens.
     pub max_len_a: f64,
     pub max_len_b: usize,
-    /// Token budget of one decoding batch (source tokens × rows).
+    /// Token budget of one decoding batch: source tokens × rows × beam (beam search decodes
+    /// `beam` hypotheses per sentence).
     pub batch_tokens: usize,
     /// Beam hypotheses kept per sentence (`wick translate` prints them all; `wick evaluate`
     /// scores the best and writes the list to `<hyp file>.nbest`). At most `beam`.

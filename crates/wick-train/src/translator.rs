@@ -383,7 +383,9 @@ pub(crate) fn decode_batches<S: AsRef<str>, T: Clone + Default>(
         ids.truncate(limit - 1);
     }
     let lengths: Vec<(usize, usize)> = src_ids.iter().map(|s| (s.len() + 1, s.len() + 1)).collect();
-    let budget = decode.batch_tokens.max(limit);
+    // Beam search decodes `beam` rows per sentence: the budget counts hypotheses, so that a
+    // batch holds as much decoding state at any beam (peak memory followed the beam).
+    let budget = (decode.batch_tokens / decode.beam.max(1)).max(limit);
     let batches = token_batches(&lengths, budget, usize::MAX, None)?;
     let mut out = vec![T::default(); sources.len()];
     for rows in batches {

@@ -106,6 +106,31 @@ pub fn log_softmax_last_dim(xs: &Tensor) -> Result<Tensor> {
     }
 }
 
+/// For each row, the `k` largest log-softmax values with their token ids, largest first
+/// (ties: lower id first; NaNs skipped): beam search's candidates, on the host. The kernel
+/// path fuses the log-softmax with the selection and copies nothing but the candidates;
+/// the reference path computes the log-softmax as a tensor and selects on a host copy.
+///
+/// # Shapes
+/// `(rows, V)` → `rows` lists of at most `k` `(log p, id)`.
+pub fn log_softmax_top_k(xs: &Tensor, k: usize) -> Result<Vec<Vec<(f32, u32)>>> {
+    if use_kernels(xs) {
+        k::rows::log_softmax_top_k(xs, k)
+    } else {
+        let log_probs = reference::log_softmax_last_dim(xs)?.to_dtype(DType::F32)?;
+        let v = log_probs.dims().last().copied().unwrap_or(1).max(1);
+        let host = log_probs.flatten_all()?.to_vec1::<f32>()?;
+        Ok(host
+            .chunks_exact(v)
+            .map(|row| {
+                let mut best = Vec::with_capacity(k + 1);
+                k::rows::top_k(row, k, &mut best);
+                best
+            })
+            .collect())
+    }
+}
+
 /// Index of the first maximum along the last dimension (no gradient).
 ///
 /// # Shapes
@@ -301,10 +326,11 @@ pub enum LaidOut {
     /// Wᵀ `(in, out)`, contiguous.
     Transposed(Tensor),
     /// int8 rows for the kernel (`wick_kernels::int8`), and the weight they stand for,
-    /// `(wq / s_w)ᵀ` `(in, out)`, which the composed path multiplies by.
+    /// `(wq / s_w)ᵀ` `(in, out)`, which the composed path multiplies by: made on that path's
+    /// first use, so that the kernel path holds the weights in int8 alone.
     Int8 {
         weight: std::sync::Arc<k::int8::QuantizedWeight>,
-        dequantized_t: Tensor,
+        dequantized_t: std::sync::Arc<OnceLock<Tensor>>,
     },
 }
 
@@ -328,11 +354,9 @@ pub fn lay_out_for_decoding(w: &Tensor) -> Result<LaidOut> {
                     w.device()
                 )
             }
-            let weight = k::int8::QuantizedWeight::quantize(w)?;
-            let dequantized_t = reference::transpose_contiguous(&weight.dequantize()?)?;
             Ok(LaidOut::Int8 {
-                weight: std::sync::Arc::new(weight),
-                dequantized_t,
+                weight: std::sync::Arc::new(k::int8::QuantizedWeight::quantize(w)?),
+                dequantized_t: Default::default(),
             })
         }
         WeightFormat::F32 if use_kernels(w) => Ok(LaidOut::Panels(k::panel::pack(w)?)),
@@ -353,7 +377,19 @@ pub fn affine_laid_out(
 ) -> Result<Tensor> {
     match laid_out {
         LaidOut::Int8 { weight, .. } if use_kernels(x) => k::int8::affine(x, weight, b, relu),
-        LaidOut::Int8 { dequantized_t, .. } => reference::affine_int8(x, dequantized_t, b, relu),
+        LaidOut::Int8 {
+            weight,
+            dequantized_t,
+        } => {
+            let wt = match dequantized_t.get() {
+                Some(wt) => wt.clone(),
+                None => {
+                    let wt = reference::transpose_contiguous(&weight.dequantize()?)?;
+                    dequantized_t.get_or_init(|| wt).clone()
+                }
+            };
+            reference::affine_int8(x, &wt, b, relu)
+        }
         LaidOut::Panels(panels) if use_kernels(x) => {
             k::panel::affine(x, panels, b, w.dim(0)?, relu)
         }
