@@ -11,7 +11,9 @@
 #   - CTranslate2 (scripts/bench_ctranslate2.py) on the same sentences and the same length
 #     penalty value, in both of its 2-thread configurations (inter_threads=2, intra_threads=1
 #     and 1/2), of which the faster counts;
-# both at float32 and int8, 2 threads each. Peak RSS is /usr/bin/time's for each process. BLEU
+# both at float32 and int8, 2 threads each. Peak RSS: wick's per mode from `bench decode`
+# (the peak is reset between modes), CTranslate2's from /usr/bin/time with one process per
+# beam. BLEU
 # of each engine's output on the test split comes from `wick evaluate` and sacrebleu.
 # Writes one JSON line per measurement to $OUT (default target/bench-ct2.jsonl) and prints
 # the medians. CTranslate2 4.8.5 comes from PyPI into target/export-venv (or set PYTHON).
@@ -77,12 +79,13 @@ for t in timings:
     beam = 1 if t["mode"] == "greedy" else int(t["mode"].removeprefix("beam"))
     print(json.dumps({"engine": "wick", "run": name, "precision": precision, "repeat": int(r),
         "beam": beam, "sentences_per_s": t["sentences_per_s"], "tokens_per_s": t["tokens_per_s"],
-        "seconds": t["seconds"], "peak_rss_mb": rss}))
+        "seconds": t["seconds"], "peak_rss_mb": t.get("peak_rss_mb", rss)}))
 EOF
       for threads in "2 1" "1 2"; do
         read -r inter intra <<< "$threads"
+        for beam in 1 5; do  # a process per beam, so that each peak RSS is that beam's alone
         /usr/bin/time -f %M -o "$work/rss" "$PYTHON" scripts/bench_ctranslate2.py "$dir" "$work/$name.src" \
-          --beam 1 --beam 5 --alpha "$alpha" --max-len-a "$a" --max-len-b "$b" \
+          --beam "$beam" --alpha "$alpha" --max-len-a "$a" --max-len-b "$b" \
           --inter "$inter" --intra "$intra" --refs "$work/$name.ref" --hyp-prefix "$work/$name.ct2.$precision" \
           > "$work/ct2.json"
         "$PYTHON" - "$work/ct2.json" "$(rss "$work/rss")" "$name" "$precision" "$r" >> "$out" <<'EOF'
@@ -94,6 +97,7 @@ for line in open(path):
               "engine": f"ctranslate2 inter {t['inter_threads']} intra {t['intra_threads']}"})
     print(json.dumps(t))
 EOF
+        done
       done
     done
   done

@@ -173,15 +173,15 @@ impl PanelAffine {
                 // SAFETY: rows r0..r1, columns c0..c0 + PANEL of the `rows × n` output
                 // belong to this task alone (tasks split the rows and the panels), and the
                 // output outlives the loop.
-                let dst = unsafe { Block::new(out.get_mut().add(r0 * n + c0), n) };
-                panel_block(x, panel, following, &b, self.relu, self.wide, dst, r1 - r0);
+                let dst = unsafe { Block::new(out.get_mut().add(r0 * n + c0), n, r1 - r0) };
+                panel_block(x, panel, following, &b, self.relu, self.wide, dst);
             } else {
                 // The last panel is narrower than the tiles, which write PANEL columns.
                 let mut block = vec![0f32; (r1 - r0) * PANEL];
                 // SAFETY: `block` holds r1 − r0 rows of PANEL, and nothing else refers to it
                 // until panel_block returns.
-                let dst = unsafe { Block::new(block.as_mut_ptr(), PANEL) };
-                panel_block(x, panel, following, &b, self.relu, self.wide, dst, r1 - r0);
+                let dst = unsafe { Block::new(block.as_mut_ptr(), PANEL, r1 - r0) };
+                panel_block(x, panel, following, &b, self.relu, self.wide, dst);
                 for (i, row) in block.chunks_exact(PANEL).enumerate() {
                     // SAFETY: row r0 + i, columns c0 .. c0 + cols lie inside the `rows × n`
                     // output, which outlives the loop, and no other task writes them.
@@ -259,21 +259,24 @@ const KC: usize = 128;
 struct Block {
     ptr: *mut f32,
     ld: usize,
+    rows: usize,
 }
 
 impl Block {
     /// # Safety
-    /// For every row r the caller passes to [`Self::cols`], `ptr + r · ld .. + PANEL` must be
-    /// valid for reads and writes, and nothing else may access it while the block is used.
-    unsafe fn new(ptr: *mut f32, ld: usize) -> Self {
-        Self { ptr, ld }
+    /// For every row r < `rows`, `ptr + r · ld .. + PANEL` must be valid for writes (and for
+    /// reads once stored), and nothing else may access it while the block is used.
+    unsafe fn new(ptr: *mut f32, ld: usize, rows: usize) -> Self {
+        Self { ptr, ld, rows }
     }
 
-    /// The block from row `r` on.
-    fn from_row(self, r: usize) -> Self {
+    /// The block without its first `r` rows.
+    fn skip(self, r: usize) -> Self {
+        debug_assert!(r <= self.rows);
         Self {
             ptr: self.ptr.wrapping_add(r * self.ld),
             ld: self.ld,
+            rows: self.rows - r,
         }
     }
 
@@ -283,7 +286,7 @@ impl Block {
     /// `r` is a row of the block, `off + W ≤ PANEL`, and those columns were stored.
     #[inline(always)]
     unsafe fn load<const W: usize>(self, r: usize, off: usize, dst: &mut [f32; W]) {
-        debug_assert!(off + W <= PANEL);
+        debug_assert!(r < self.rows && off + W <= PANEL);
         // SAFETY: the caller's promise, and `new`'s.
         unsafe {
             std::ptr::copy_nonoverlapping(self.ptr.add(r * self.ld + off), dst.as_mut_ptr(), W)
@@ -297,13 +300,13 @@ impl Block {
     /// `r` is a row of the block and `off + W ≤ PANEL`.
     #[inline(always)]
     unsafe fn store<const W: usize>(self, r: usize, off: usize, src: &[f32; W]) {
-        debug_assert!(off + W <= PANEL);
+        debug_assert!(r < self.rows && off + W <= PANEL);
         // SAFETY: the caller's promise, and `new`'s.
         unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), self.ptr.add(r * self.ld + off), W) }
     }
 }
 
-/// One panel times a block of rows: `block` (`rows` rows of `PANEL`) = x `(rows, k)` · panel
+/// One panel times a block of rows: `block` (its rows of `PANEL`) = x `(rows, k)` · panel
 /// `(k, PANEL)` + bias, rectified with `relu`.
 ///
 /// The rows are cut into as few tiles of at most [`TILE_ROWS`] as cover them, of balanced
@@ -319,11 +322,11 @@ fn panel_block(
     relu: bool,
     wide: bool,
     block: Block,
-    rows: usize,
 ) {
     const AVX512: bool = selected_target!().supports_feature_str("avx512f");
     const FMA: bool = selected_target!().supports_feature_str("fma");
     let k = panel.len() / PANEL;
+    let rows = block.rows;
     let n_tiles = rows.div_ceil(TILE_ROWS);
     let wide = AVX512 && wide;
     let mut k0 = 0;
@@ -348,7 +351,7 @@ fn panel_block(
             };
             // At most TILE_ROWS: the rows left never exceed TILE_ROWS per tile left.
             let n = (rows - r0).div_ceil(n_tiles - t);
-            let (xt, yt) = (&x[r0 * k..(r0 + n) * k], block.from_row(r0));
+            let (xt, yt) = (&x[r0 * k..(r0 + n) * k], block.skip(r0));
             match n {
                 1 => rows_tile::<1, FMA>(xt, &pass, bias, yt),
                 2 => rows_tile::<2, FMA>(xt, &pass, bias, yt),
@@ -406,6 +409,17 @@ fn prefetch_row(ahead: &[f32], kk: usize) {
     }
 }
 
+/// `[row(0), …, row(R − 1)]`, by a loop that is always inlined: `std::array::from_fn` was
+/// left as a call in the kernel, and took 2–5% of a decoding step (perf).
+#[inline(always)]
+fn rows_of<'a, const R: usize>(row: impl Fn(usize) -> &'a [f32]) -> [&'a [f32]; R] {
+    let mut rows: [&[f32]; R] = [&[]; R];
+    for (r, x) in rows.iter_mut().enumerate() {
+        *x = row(r);
+    }
+    rows
+}
+
 /// A tile of exactly `R` rows (x `(R, k)`, out `R` rows of the block) over one depth slice.
 #[inline(always)]
 fn rows_tile<const R: usize, const FMA: bool>(
@@ -415,7 +429,7 @@ fn rows_tile<const R: usize, const FMA: bool>(
     out: Block,
 ) {
     let (k, k0, k1) = pass.depth;
-    let xs: [&[f32]; R] = std::array::from_fn(|r| &x[r * k + k0..r * k + k1]);
+    let xs = rows_of::<R>(|r| &x[r * k + k0..r * k + k1]);
     if pass.wide {
         tile::<R, PANEL, FMA>(&xs, pass, 0, bias, out);
     } else {
@@ -438,7 +452,7 @@ fn tile<const R: usize, const W: usize, const FMA: bool>(
     out: Block,
 ) {
     let k = xs[0].len();
-    let xs: [&[f32]; R] = std::array::from_fn(|r| &xs[r][..k]);
+    let xs = rows_of::<R>(|r| &xs[r][..k]);
     let panel = &pass.panel[..k * PANEL];
     let mut acc = [[0f32; W]; R];
     for (r, a) in acc.iter_mut().enumerate() {

@@ -278,6 +278,11 @@ pub struct DecodeTiming {
     /// call.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub layout_seconds: Option<f64>,
+    /// Peak resident memory of the process while this mode ran (its repeats included), in
+    /// MB: the model, the tokenizers and the decoding state; `None` where the system cannot
+    /// reset the peak between modes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peak_rss_mb: Option<f64>,
 }
 
 pub struct DecodeBenchRequest<'a> {
@@ -319,6 +324,16 @@ pub fn bench_decode(req: DecodeBenchRequest) -> Result<Vec<DecodeTiming>> {
     for mode in modes {
         let mut best = f64::INFINITY;
         let mut outputs = Vec::new();
+        // Batched as `wick translate --beam B` batches: the budget counts hypotheses.
+        let decode = &crate::config::DecodeConfig {
+            beam: if mode.starts_with("beam") {
+                req.beam
+            } else {
+                1
+            },
+            ..decode.clone()
+        };
+        let peak_measured = crate::run::reset_peak_memory();
         for _ in 0..req.repeats.max(1) {
             let start = Instant::now();
             let search = |model: &Model, memory: &Memory, max_len: &[usize]| {
@@ -361,6 +376,7 @@ pub fn bench_decode(req: DecodeBenchRequest) -> Result<Vec<DecodeTiming>> {
             sentences_per_s: req.sources.len() as f64 / best.max(1e-9),
             tokens_per_s: tokens as f64 / best.max(1e-9),
             layout_seconds: Some(layout_seconds),
+            peak_rss_mb: memory_mb().0.filter(|_| peak_measured),
         });
     }
     Ok(out)
@@ -410,6 +426,7 @@ pub fn bench_decode_preset(req: PresetDecodeRequest) -> Result<Vec<DecodeTiming>
     for mode in modes {
         let mut best = f64::INFINITY;
         let mut tokens = 0;
+        let peak_measured = crate::run::reset_peak_memory();
         // One untimed run first: the first pass pays for page faults and thread start-up.
         for i in 0..=req.repeats.max(1) {
             let start = Instant::now();
@@ -448,6 +465,7 @@ pub fn bench_decode_preset(req: PresetDecodeRequest) -> Result<Vec<DecodeTiming>
             sentences_per_s: b as f64 / best.max(1e-9),
             tokens_per_s: tokens as f64 / best.max(1e-9),
             layout_seconds: Some(layout_seconds),
+            peak_rss_mb: memory_mb().0.filter(|_| peak_measured),
         });
     }
     Ok(out)

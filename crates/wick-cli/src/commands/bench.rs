@@ -176,8 +176,12 @@ pub(crate) fn cmd_bench_decode(a: BenchDecodeArgs) -> Result<()> {
     }
     let base = timings[0].seconds;
     for t in &timings {
+        let peak = t
+            .peak_rss_mb
+            .map(|mb| format!(", peak RSS {mb:.0} MB"))
+            .unwrap_or_default();
         println!(
-            "{:<16} {:>5} sentences  {:>7.2} s  {:>8.1} sentences/s  {:>8.0} tokens/s  ({:.2}× the time of cached greedy)",
+            "{:<16} {:>5} sentences  {:>7.2} s  {:>8.1} sentences/s  {:>8.0} tokens/s  ({:.2}× the time of cached greedy{peak})",
             t.mode,
             t.sentences,
             t.seconds,

@@ -23,7 +23,7 @@ use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
 use wick_model::{DropoutRng, Model, ParamStore, VocabSizes};
 
-pub use self::provenance::{git_commit, memory_mb, sha256_file};
+pub use self::provenance::{git_commit, memory_mb, reset_peak_memory, sha256_file};
 pub use self::state::{BestCheckpoint, CheckpointEntry, CheckpointIndex, TrainerState};
 pub use self::tokenizers::Tokenizers;
 use crate::config::Config;

@@ -25,6 +25,13 @@ pub fn git_commit() -> Option<String> {
         .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
+/// Resets this process's peak resident memory to its current one (Linux's
+/// `/proc/self/clear_refs`), so that [`memory_mb`] measures the peak of what follows; false
+/// where the system does not offer it.
+pub fn reset_peak_memory() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
+}
+
 /// Peak and current resident memory of this process in MB, from `/proc/self/status`.
 pub fn memory_mb() -> (Option<f64>, Option<f64>) {
     let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
