@@ -17,9 +17,11 @@
 //! each group of 4 inputs, the 4 bytes of every output side by side (`(⌈out/64⌉, ⌈in/4⌉, 64,
 //! 4)`), so that the kernel reads each panel front to back with four 64-byte loads per group.
 
+use std::mem::MaybeUninit;
 use std::sync::Arc;
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor, bail};
+use multiversion::multiversion;
 use rayon::prelude::*;
 
 use crate::storage::{SendPtr, slice};
@@ -199,6 +201,52 @@ fn affine_with(
     }
 }
 
+/// One output row of a tile: `dst[j] = (s[j] − 128·row_sum[j]) · inv_x · inv_w[j]`, plus
+/// `bias[j]`, rectified with `relu`, written straight into the output. Compiled for the CPU's
+/// vector width with the branches resolved outside the loop: built for baseline x86-64,
+/// through a row on the stack and a copy out, it took most of the time the VNNI sums took.
+#[multiversion(targets("x86_64+avx512f+avx2+fma", "x86_64+avx2+fma"))]
+fn epilogue_row(
+    dst: &mut [MaybeUninit<f32>],
+    s: &[i32],
+    row_sum: &[i32],
+    inv_w: &[f32],
+    bias: Option<&[f32]>,
+    relu: bool,
+    inv_x: f32,
+) {
+    match (bias, relu) {
+        (Some(b), true) => fill_row::<true, true>(dst, s, row_sum, inv_w, b, inv_x),
+        (Some(b), false) => fill_row::<true, false>(dst, s, row_sum, inv_w, b, inv_x),
+        (None, true) => fill_row::<false, true>(dst, s, row_sum, inv_w, &[], inv_x),
+        (None, false) => fill_row::<false, false>(dst, s, row_sum, inv_w, &[], inv_x),
+    }
+}
+
+#[inline(always)]
+fn fill_row<const BIAS: bool, const RELU: bool>(
+    dst: &mut [MaybeUninit<f32>],
+    s: &[i32],
+    row_sum: &[i32],
+    inv_w: &[f32],
+    bias: &[f32],
+    inv_x: f32,
+) {
+    let n = dst.len();
+    let (s, row_sum, inv_w) = (&s[..n], &row_sum[..n], &inv_w[..n]);
+    let bias = if BIAS { &bias[..n] } else { bias };
+    for (j, d) in dst.iter_mut().enumerate() {
+        let mut v = (s[j] - 128 * row_sum[j]) as f32 * inv_x * inv_w[j];
+        if BIAS {
+            v += bias[j];
+        }
+        if RELU {
+            v = v.max(0.0);
+        }
+        d.write(v);
+    }
+}
+
 struct I8Affine {
     w: Arc<QuantizedWeight>,
     relu: bool,
@@ -277,43 +325,24 @@ impl I8Affine {
                 } else {
                     portable_tile(tile, xq.kp, panel, &mut sums[..r]);
                 }
-                // The epilogue as loops over equal-length slices with the branches outside,
-                // so that the compiler vectorizes them: written element by element it took
-                // longer than the integer products.
                 let row_sum = &w.row_sum[c0..c0 + cols];
                 let inv_w = &w.inv_scale[c0..c0 + cols];
+                let b = bias.map(|b| &b[c0..c0 + cols]);
                 for (i, s) in sums[..r].iter().enumerate() {
-                    let inv_x = xq.inv_scale[r0 + i];
-                    let mut row = [0f32; PANEL];
-                    let row = &mut row[..cols];
-                    for ((v, (&s, &rs)), &iw) in
-                        row.iter_mut().zip(s.iter().zip(row_sum)).zip(inv_w)
-                    {
-                        *v = (s - 128 * rs) as f32 * inv_x * iw;
-                    }
-                    if let Some(b) = bias {
-                        for (v, &b) in row.iter_mut().zip(&b[c0..c0 + cols]) {
-                            *v += b;
-                        }
-                    }
-                    if self.relu {
-                        for v in row.iter_mut() {
-                            *v = v.max(0.0);
-                        }
-                    }
                     // SAFETY: row r0 + i, columns c0 .. c0 + cols lie inside the `rows × n`
                     // output, which outlives the loop, and no other task writes them (tasks
-                    // own whole panels).
-                    // A copy of constant length where the panel is full, so that it compiles to
-                    // a few vector moves rather than a call to memcpy.
-                    unsafe {
-                        let dst = out.get_mut().add((r0 + i) * n + c0);
-                        if cols == PANEL {
-                            std::ptr::copy_nonoverlapping(row.as_ptr(), dst, PANEL);
-                        } else {
-                            std::ptr::copy_nonoverlapping(row.as_ptr(), dst, cols);
-                        }
-                    }
+                    // own whole panels); as MaybeUninit, the slice may cover memory not yet
+                    // written.
+                    let dst = unsafe {
+                        std::slice::from_raw_parts_mut(
+                            out.get_mut()
+                                .add((r0 + i) * n + c0)
+                                .cast::<MaybeUninit<f32>>(),
+                            cols,
+                        )
+                    };
+                    let inv_x = xq.inv_scale[r0 + i];
+                    epilogue_row(dst, &s[..cols], row_sum, inv_w, b, self.relu, inv_x);
                 }
                 r0 += r;
             }
