@@ -12,7 +12,7 @@ use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tenso
 use rayon::prelude::*;
 
 use crate::gemm::{gemm_into, matmul};
-use crate::storage::{CHUNK, slice, strided_2d};
+use crate::storage::{CHUNK, slice, strided_2d, with_last_dim};
 
 /// `y = x·Wᵀ (+ b)` (then `max(y, 0)` with `relu`, then `⊙ mask` with a dropout mask) over the
 /// rows of x, any rank: x `(…, in)`, W `(out, in)`, b `(out,)`, mask `rows × out` values.
@@ -160,11 +160,7 @@ impl AffineOp {
             (Some(_), false) => bail!("linear: a dropout mask needs the ReLU"),
             (None, false) => {}
         }
-        let mut dims = lx.shape().dims().to_vec();
-        if let Some(last) = dims.last_mut() {
-            *last = d_out;
-        }
-        Ok((CpuStorage::F32(y), Shape::from(dims)))
+        Ok((CpuStorage::F32(y), with_last_dim(lx, d_out)))
     }
 
     /// dX, dW and db (the column sums of dY).

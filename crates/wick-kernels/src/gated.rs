@@ -6,7 +6,7 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tenso
 use multiversion::multiversion;
 
 use crate::simd::{fast_exp, lane_dot};
-use crate::storage::{for_rows, slice};
+use crate::storage::{for_rows, slice, with_last_dim};
 
 #[inline(always)]
 fn sigmoid(x: f32) -> f32 {
@@ -49,11 +49,7 @@ impl CustomOp1 for Glu {
         let h = w / 2;
         let mut out = vec![0f32; x.len() / 2];
         for_rows(&mut out, h, |r, o| glu_row(o, &x[r * w..(r + 1) * w]));
-        let mut shape = dims.to_vec();
-        if let Some(last) = shape.last_mut() {
-            *last = h;
-        }
-        Ok((CpuStorage::F32(out), Shape::from(shape)))
+        Ok((CpuStorage::F32(out), with_last_dim(l, h)))
     }
 
     fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {

@@ -24,7 +24,7 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tenso
 use multiversion::multiversion;
 use rayon::prelude::*;
 
-use crate::storage::{SendPtr, slice};
+use crate::storage::{SendPtr, slice, with_last_dim};
 
 /// Output features per panel: four AVX-512 registers of 16 i32 sums.
 pub const PANEL: usize = 64;
@@ -356,11 +356,7 @@ impl I8Affine {
         // SAFETY: the tasks wrote all `rows × n` elements (every row of every panel), within
         // the capacity reserved above.
         unsafe { y.set_len(rows * n) };
-        let mut dims = lx.dims().to_vec();
-        if let Some(last) = dims.last_mut() {
-            *last = n;
-        }
-        Ok((CpuStorage::F32(y), Shape::from(dims)))
+        Ok((CpuStorage::F32(y), with_last_dim(lx, n)))
     }
 }
 

@@ -20,7 +20,7 @@ use multiversion::multiversion;
 use multiversion::target::selected_target;
 use rayon::prelude::*;
 
-use crate::storage::{SendPtr, slice};
+use crate::storage::{SendPtr, slice, with_last_dim};
 
 /// Output features per panel: four AVX-512 registers, eight AVX2 ones.
 pub const PANEL: usize = 64;
@@ -201,11 +201,7 @@ impl PanelAffine {
         // SAFETY: the tasks wrote all `rows × n` elements (row blocks cover 0..rows, panels
         // cover 0..n), within the capacity reserved above.
         unsafe { y.set_len(rows * n) };
-        let mut dims = lx.dims().to_vec();
-        if let Some(last) = dims.last_mut() {
-            *last = n;
-        }
-        Ok((CpuStorage::F32(y), Shape::from(dims)))
+        Ok((CpuStorage::F32(y), with_last_dim(lx, n)))
     }
 }
 

@@ -1,6 +1,6 @@
 //! Views of Candle's CPU storage, and the parallel loops the kernels share.
 
-use candle_core::{CpuStorage, Layout, Result, bail};
+use candle_core::{CpuStorage, Layout, Result, Shape, bail};
 use rayon::prelude::*;
 
 /// Elements below which a row-wise kernel runs serially.
@@ -8,6 +8,16 @@ pub(crate) const PAR_MIN_ELEMS: usize = 1 << 15;
 
 /// Elements per parallel job of the elementwise passes.
 pub(crate) const CHUNK: usize = 1 << 14;
+
+/// The shape of `l` with its last dimension replaced by `n`: the output of a row-wise op that
+/// maps rows of one width to rows of another (products, GLU).
+pub(crate) fn with_last_dim(l: &Layout, n: usize) -> Shape {
+    let mut dims = l.dims().to_vec();
+    if let Some(last) = dims.last_mut() {
+        *last = n;
+    }
+    Shape::from(dims)
+}
 
 /// The contiguous f32 data of a tensor.
 pub(crate) fn slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
