@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Decoding speed of wick against CTranslate2 on the same models and sentences, alternated.
 #
-#   scripts/bench_vs_ctranslate2.sh RUN_DIR [RUN_DIR …]
+#   scripts/bench_vs_ctranslate2.sh [RUN_DIR …]
 #   REPEATS=3 scripts/bench_vs_ctranslate2.sh runs/toy runs/multi30k-en-de-lc
+#   PRESETS="tiny small base" scripts/bench_vs_ctranslate2.sh
 #
 # For each run: exports its best checkpoint with `wick export --format ctranslate2` (float32,
 # and int8 with --quantization int8), then REPEATS times, alternately, times
@@ -11,16 +12,22 @@
 #   - CTranslate2 (scripts/bench_ctranslate2.py) on the same sentences and the same length
 #     penalty value, in both of its 2-thread configurations (inter_threads=2, intra_threads=1
 #     and 1/2), of which the faster counts;
-# both at float32 and int8, 2 threads each. Peak RSS: wick's per mode from `bench decode`
-# (the peak is reset between modes), CTranslate2's from /usr/bin/time with one process per
-# beam. BLEU
-# of each engine's output on the test split comes from `wick evaluate` and sacrebleu.
+# both at float32 and int8, 2 threads each. Then the same for each Transformer preset in
+# $PRESETS (default "tiny small"; PRESETS= for none) on a fixed shape, $SHAPE (default
+# "64 24 24": 64 random sources of 24 tokens, exactly 24 output tokens each): the preset's
+# random model is written as a run (`wick bench decode --preset P --write-run`) and exported,
+# and the engines decode it with `bench decode --preset P` and `bench_ctranslate2.py --fixed`.
+# Peak RSS: wick's per mode from `bench decode` (the peak is reset between modes),
+# CTranslate2's from /usr/bin/time with one process per beam. BLEU of each engine's output on
+# a run's test split comes from `wick evaluate` and sacrebleu.
 # Writes one JSON line per measurement to $OUT (default target/bench-ct2.jsonl) and prints
 # the medians. CTranslate2 4.8.5 comes from PyPI into target/export-venv (or set PYTHON).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
-[[ $# -ge 1 ]] || { sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+presets=${PRESETS-tiny small}
+read -r fixed_b fixed_s fixed_t <<< "${SHAPE:-64 24 24}"
+[[ $# -ge 1 || -n "$presets" ]] || { sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 repeats=${REPEATS:-3}
 out=${OUT:-$root/target/bench-ct2.jsonl}
 wick=${WICK:-$root/target/release/wick}
@@ -39,6 +46,43 @@ trap 'rm -rf "$work"' EXIT
 
 rss() { # the peak RSS (MB) /usr/bin/time wrote to $1
   awk '{ printf "%.1f", $1 / 1024 }' "$1"
+}
+
+record_wick() { # NAME PRECISION REPEAT: `bench decode --json` in $work/wick.json → $out
+  "$PYTHON" - "$work/wick.json" "$(rss "$work/rss")" "$@" >> "$out" <<'EOF'
+import json, sys
+timings, rss, name, precision, r = json.load(open(sys.argv[1])), float(sys.argv[2]), *sys.argv[3:]
+for t in timings:
+    beam = 1 if t["mode"] == "greedy" else int(t["mode"].removeprefix("beam"))
+    print(json.dumps({"engine": "wick", "run": name, "precision": precision, "repeat": int(r),
+        "beam": beam, "sentences_per_s": t["sentences_per_s"], "tokens_per_s": t["tokens_per_s"],
+        "seconds": t["seconds"], "peak_rss_mb": t.get("peak_rss_mb", rss)}))
+EOF
+}
+
+record_ct2() { # NAME PRECISION REPEAT: bench_ctranslate2.py's lines in $work/ct2.json → $out
+  "$PYTHON" - "$work/ct2.json" "$(rss "$work/rss")" "$@" >> "$out" <<'EOF'
+import json, sys
+path, rss, name, precision, r = sys.argv[1], float(sys.argv[2]), *sys.argv[3:]
+for line in open(path):
+    t = json.loads(line)
+    t.update({"run": name, "precision": precision, "repeat": int(r), "peak_rss_mb": rss,
+              "engine": f"ctranslate2 inter {t['inter_threads']} intra {t['intra_threads']}"})
+    print(json.dumps(t))
+EOF
+}
+
+time_ct2() { # NAME PRECISION REPEAT DIR ARGS…: bench_ctranslate2.py in both 2-thread configurations
+  local name=$1 precision=$2 r=$3 dir=$4
+  shift 4
+  for threads in "2 1" "1 2"; do
+    read -r inter intra <<< "$threads"
+    for beam in 1 5; do  # a process per beam, so that each peak RSS is that beam's alone
+      /usr/bin/time -f %M -o "$work/rss" "$PYTHON" scripts/bench_ctranslate2.py "$dir" "$@" \
+        --beam "$beam" --inter "$inter" --intra "$intra" > "$work/ct2.json"
+      record_ct2 "$name" "$precision" "$r"
+    done
+  done
 }
 
 for run in "$@"; do
@@ -72,33 +116,10 @@ EOF
       [[ $precision == int8 ]] && { flag=(--quantize int8); dir=$work/$name-int8; }
       /usr/bin/time -f %M -o "$work/rss" "$wick" bench decode --run "$run" --beam 5 --no-uncached \
         "${flag[@]}" --json > "$work/wick.json"
-      "$PYTHON" - "$work/wick.json" "$(rss "$work/rss")" "$name" "$precision" "$r" >> "$out" <<'EOF'
-import json, sys
-timings, rss, name, precision, r = json.load(open(sys.argv[1])), float(sys.argv[2]), *sys.argv[3:]
-for t in timings:
-    beam = 1 if t["mode"] == "greedy" else int(t["mode"].removeprefix("beam"))
-    print(json.dumps({"engine": "wick", "run": name, "precision": precision, "repeat": int(r),
-        "beam": beam, "sentences_per_s": t["sentences_per_s"], "tokens_per_s": t["tokens_per_s"],
-        "seconds": t["seconds"], "peak_rss_mb": t.get("peak_rss_mb", rss)}))
-EOF
-      for threads in "2 1" "1 2"; do
-        read -r inter intra <<< "$threads"
-        for beam in 1 5; do  # a process per beam, so that each peak RSS is that beam's alone
-        /usr/bin/time -f %M -o "$work/rss" "$PYTHON" scripts/bench_ctranslate2.py "$dir" "$work/$name.src" \
-          --beam "$beam" --alpha "$alpha" --max-len-a "$a" --max-len-b "$b" \
-          --inter "$inter" --intra "$intra" --refs "$work/$name.ref" --hyp-prefix "$work/$name.ct2.$precision" \
-          > "$work/ct2.json"
-        "$PYTHON" - "$work/ct2.json" "$(rss "$work/rss")" "$name" "$precision" "$r" >> "$out" <<'EOF'
-import json, sys
-path, rss, name, precision, r = sys.argv[1], float(sys.argv[2]), *sys.argv[3:]
-for line in open(path):
-    t = json.loads(line)
-    t.update({"run": name, "precision": precision, "repeat": int(r), "peak_rss_mb": rss,
-              "engine": f"ctranslate2 inter {t['inter_threads']} intra {t['intra_threads']}"})
-    print(json.dumps(t))
-EOF
-        done
-      done
+      record_wick "$name" "$precision" "$r"
+      time_ct2 "$name" "$precision" "$r" "$dir" "$work/$name.src" --alpha "$alpha" \
+        --max-len-a "$a" --max-len-b "$b" --refs "$work/$name.ref" \
+        --hyp-prefix "$work/$name.ct2.$precision"
     done
   done
   # BLEU of wick's outputs (not timed), for the table.
@@ -108,6 +129,25 @@ EOF
       "$wick" evaluate --run "$run" --beam "$beam" "${flag[@]}" --output "$work/$name.wick.$precision.$beam" --json \
         | jq -c --arg n "$name" --arg p "$precision" --argjson b "$beam" \
           '{engine: "wick", run: $n, precision: $p, beam: $b, bleu: (.bleu*100|round/100), chrf: (.chrf*100|round/100)}' >> "$out"
+    done
+  done
+done
+
+for preset in $presets; do
+  name="preset $preset, $fixed_b × $fixed_s → $fixed_t"
+  "$wick" bench decode --preset "$preset" --write-run "$work/preset-$preset" > /dev/null
+  "$wick" export --run "$work/preset-$preset" --format ctranslate2 "$work/preset-$preset-f32" > /dev/null
+  "$wick" export --run "$work/preset-$preset" --format ctranslate2 --quantization int8 \
+    "$work/preset-$preset-int8" > /dev/null
+  for r in $(seq 1 "$repeats"); do
+    for precision in float32 int8; do
+      flag=(); dir=$work/preset-$preset-f32
+      [[ $precision == int8 ]] && { flag=(--quantize int8); dir=$work/preset-$preset-int8; }
+      /usr/bin/time -f %M -o "$work/rss" "$wick" bench decode --preset "$preset" --beam 5 \
+        --batch-size "$fixed_b" --src-len "$fixed_s" --steps "$fixed_t" "${flag[@]}" --json \
+        > "$work/wick.json"
+      record_wick "$name" "$precision" "$r"
+      time_ct2 "$name" "$precision" "$r" "$dir" --fixed "$fixed_b" "$fixed_s" "$fixed_t"
     done
   done
 done

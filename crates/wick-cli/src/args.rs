@@ -493,6 +493,12 @@ pub struct BenchDecodeArgs {
     /// Output tokens per sentence with --preset.
     #[arg(long, default_value_t = 24, requires = "preset")]
     pub steps: usize,
+    /// With --preset: write its randomly initialised model as a run directory (config,
+    /// checkpoint, a tokenizer of numbered stand-in tokens of the preset's vocabulary size)
+    /// instead of timing it, for `wick export`: scripts/bench_vs_ctranslate2.sh times
+    /// CTranslate2 on the same model and shapes.
+    #[arg(long, requires = "preset", value_name = "DIR")]
+    pub write_run: Option<PathBuf>,
     /// Split of the run's config whose sources are decoded.
     #[arg(long, default_value = "test", value_parser = split_parser())]
     pub split: Split,

@@ -382,3 +382,46 @@ fn rnn_runs_are_refused_with_the_reason() {
     let refused = err(export(&run, &out, &["onnx"]));
     assert!(refused.contains("onnx"), "{refused}");
 }
+
+/// A benchmark preset written as a run (`bench decode --preset tiny --write-run DIR`) is a
+/// run like any other: it translates, and it exports with the preset's vocabulary size, so
+/// that another engine can be timed on the same model. An existing directory is refused.
+#[test]
+fn a_preset_written_as_a_run_translates_and_exports() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("tiny");
+    let run_arg = run.to_str().unwrap();
+    let args = [
+        "bench",
+        "decode",
+        "--preset",
+        "tiny",
+        "--write-run",
+        run_arg,
+    ];
+    ok(wick(&args));
+    let weights = checkpoint(&run);
+    assert!(weights.values().any(|(shape, _)| shape == &[8000, 128]));
+    let text = ok(wick(&[
+        "translate",
+        "--run",
+        run_arg,
+        "--beam",
+        "1",
+        "a b c",
+    ]));
+    assert_eq!(text.lines().count(), 1, "{text}");
+    let out = tmp.path().join("ct2");
+    ok(export(&run, &out, &["ctranslate2"]));
+    let vocab: Vec<String> =
+        serde_json::from_slice(&std::fs::read(out.join("shared_vocabulary.json")).unwrap())
+            .unwrap();
+    assert_eq!(vocab.len(), 8000);
+    assert_eq!((vocab[2].as_str(), vocab[5].as_str()), ("</s>", "▁w5"));
+    assert_eq!(
+        read_model_bin(&out.join("model.bin")).spec,
+        "TransformerSpec"
+    );
+    let refused = err(wick(&args));
+    assert!(refused.contains("already exists"), "{refused}");
+}

@@ -46,6 +46,11 @@ impl std::fmt::Debug for SubwordTokenizer {
     }
 }
 
+/// The byte-fallback token of byte `b`: `<0x41>`.
+fn byte_token(b: u8) -> String {
+    format!("<0x{b:02X}>")
+}
+
 fn tok_err(path: &Path, e: impl std::fmt::Display) -> DataError {
     DataError::Tokenizer {
         path: path.to_path_buf(),
@@ -94,18 +99,63 @@ impl SubwordTokenizer {
         let mut json: serde_json::Value =
             serde_json::from_str(&tokenizer.to_string(false).map_err(|e| tok_err(here, e))?)
                 .map_err(|e| tok_err(here, e))?;
-        let model = &mut json["model"];
-        let vocab = model["vocab"]
+        let vocab = json["model"]["vocab"]
             .as_object_mut()
             .ok_or_else(|| tok_err(here, "trained model has no vocab"))?;
         let mut next = vocab.len() as u64;
         for b in 0..=255u8 {
-            let name = format!("<0x{b:02X}>");
+            let name = byte_token(b);
             if !vocab.contains_key(&name) {
                 vocab.insert(name, next.into());
                 next += 1;
             }
         }
+        Self::from_edited_json(json, here)
+    }
+
+    /// A tokenizer of exactly `vocab_size` entries and no merges: the special tokens, the word
+    /// boundary `▁`, numbered stand-in words `▁w5`, `▁w6`, … and the 256 byte tokens, in that
+    /// id order. Text still round-trips (through the byte tokens). For models whose weights
+    /// are random (`wick bench decode --preset P --write-run DIR`): exporting one needs a
+    /// vocabulary of its size, and no text is ever translated with it.
+    pub fn numbered(vocab_size: usize) -> Result<Self> {
+        const N_BYTES: usize = 256;
+        // The specials, `▁` and the bytes come first; the stand-in words fill the rest.
+        let fixed = SPECIAL_NAMES.len() + 1 + N_BYTES;
+        let words = vocab_size.checked_sub(fixed).ok_or_else(|| {
+            DataError::Invalid(format!(
+                "vocab_size {vocab_size} is too small: it must be at least {fixed}"
+            ))
+        })?;
+        let here = Path::new("<numbered>");
+        let mut tokenizer = Tokenizer::new(BPE::default());
+        tokenizer.with_pre_tokenizer(Some(Metaspace::new('▁', PrependScheme::Always, true)));
+        let specials: Vec<AddedToken> = SPECIAL_NAMES
+            .iter()
+            .map(|s| AddedToken::from(*s, true))
+            .collect();
+        tokenizer.add_special_tokens(&specials);
+        let mut json: serde_json::Value =
+            serde_json::from_str(&tokenizer.to_string(false).map_err(|e| tok_err(here, e))?)
+                .map_err(|e| tok_err(here, e))?;
+        // Without `▁` itself in the vocabulary it would go through the byte tokens, and the
+        // decoder would not turn it back into a space.
+        let names = (SPECIAL_NAMES.iter().map(|s| s.to_string()))
+            .chain(std::iter::once("▁".to_string()))
+            .chain((0..words).map(|i| format!("▁w{}", SPECIAL_NAMES.len() + 1 + i)))
+            .chain((0..=255u8).map(byte_token));
+        let vocab: serde_json::Map<String, serde_json::Value> = names
+            .enumerate()
+            .map(|(id, name)| (name, (id as u64).into()))
+            .collect();
+        json["model"]["vocab"] = vocab.into();
+        Self::from_edited_json(json, here)
+    }
+
+    /// The tokenizer of a BPE model's JSON form whose vocabulary holds the specials at ids
+    /// 0-3 and the byte tokens: with byte fallback and the decoder that undoes it.
+    fn from_edited_json(mut json: serde_json::Value, here: &Path) -> Result<Self> {
+        let model = &mut json["model"];
         model["byte_fallback"] = true.into();
         model["unk_token"] = "<unk>".into();
         let decoder = DecoderWrapper::Sequence(Sequence::new(vec![

@@ -79,6 +79,38 @@ fn tokenizer_save_load_and_foreign_files() {
     assert!(err.contains("garbage.json"), "{err}");
 }
 
+/// The stand-in tokenizer of benchmark models: exactly the size asked for, specials first,
+/// every token distinct, saved and loaded as any other, and text still round-trips.
+#[test]
+fn numbered_tokenizer_has_the_size_asked_for() {
+    let tok = SubwordTokenizer::numbered(300).expect("numbered");
+    assert_eq!(tok.vocab_size(), 300);
+    let vocab = tok.vocabulary().expect("vocabulary");
+    assert_eq!(&vocab[..6], ["<pad>", "<s>", "</s>", "<unk>", "▁", "▁w5"]);
+    assert_eq!((vocab[43].as_str(), vocab[44].as_str()), ("▁w43", "<0x00>"));
+    assert_eq!(vocab[299], "<0xFF>");
+    let distinct: std::collections::HashSet<&String> = vocab.iter().collect();
+    assert_eq!(distinct.len(), 300);
+    let text = "Où est la gare ? 🦀";
+    let ids = tok.encode(text).expect("encode");
+    assert!(!ids.contains(&SPECIALS.unk));
+    assert_eq!(tok.decode(&ids).expect("decode"), text);
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("tokenizer.json");
+    tok.save(&path).expect("save");
+    let back = SubwordTokenizer::load(&path).expect("load");
+    assert_eq!(back.vocabulary().expect("vocabulary"), vocab);
+    assert_eq!(
+        SubwordTokenizer::numbered(16_000)
+            .expect("numbered")
+            .vocab_size(),
+        16_000
+    );
+    let err = SubwordTokenizer::numbered(260).expect_err("too small");
+    assert!(err.to_string().contains("261"), "{err}");
+}
+
 fn lengths() -> Vec<(usize, usize)> {
     (0..500)
         .map(|i| (1 + (i * 7) % 37, 1 + (i * 13) % 41))

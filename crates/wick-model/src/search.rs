@@ -17,7 +17,8 @@ pub struct SpecialIds {
 ///
 /// `max_len[i]` bounds the number of tokens generated for sentence `i` (not counting `</s>`).
 /// Returns the generated ids without `<s>` and `</s>`. Sentences that finish early stop
-/// contributing output; the batch stops as soon as all are done.
+/// contributing output, and their rows leave the batch once they are an eighth of it; the
+/// batch stops as soon as all are done.
 pub fn greedy<M>(
     model: &M,
     memory: &Memory,
@@ -28,11 +29,74 @@ where
     M: Seq2Seq + Sync,
     M::Cache: Sync,
 {
-    by_sentence_groups(model, memory, max_len, |memory, max_len, mut cache| {
-        greedy_loop(memory, ids, max_len, |tokens| {
-            model.decode_step(memory, tokens, &mut cache)
-        })
+    by_sentence_groups(model, memory, max_len, |memory, max_len, cache| {
+        greedy_group(model, memory, cache, ids, max_len)
     })
+}
+
+/// Finished rows leave a greedy batch once they are at least `1 / COMPACT_SHARE` of it.
+const COMPACT_SHARE: usize = 8;
+
+/// [`greedy`] of one group of sentences, from a decoding state `cache` for its rows.
+///
+/// Rows of sentences that have ended are dropped from the memory and the decoding state once
+/// they make up an eighth of the batch. Why: a batch runs until its longest output ends, and
+/// sentences of similar source lengths still end at different steps, so a batch kept whole
+/// spent part of every late step on sentences that were done (CTranslate2 drops them too).
+/// Dropping rows copies the decoding state, about what a step reads anyway, so it waits until
+/// enough rows have ended. Outputs do not change: every row is decoded on its own.
+fn greedy_group<M: Seq2Seq>(
+    model: &M,
+    memory: &Memory,
+    mut cache: M::Cache,
+    ids: SpecialIds,
+    max_len: &[usize],
+) -> Result<Vec<Vec<u32>>> {
+    let b = memory.batch_size()?;
+    if max_len.len() != b {
+        candle_core::bail!("greedy: {} length limits for a batch of {b}", max_len.len())
+    }
+    let device = memory.states.device().clone();
+    let mut out: Vec<Vec<u32>> = vec![Vec::new(); b];
+    let mut done: Vec<bool> = max_len.iter().map(|&m| m == 0).collect();
+    // The sentence of each row of the batch as it is now.
+    let mut rows: Vec<usize> = (0..b).collect();
+    let mut mem = memory.clone();
+    let mut tokens = Tensor::full(ids.bos, (b, 1), &device)?;
+    loop {
+        let ended = rows.iter().filter(|&&s| done[s]).count();
+        if ended == rows.len() {
+            break;
+        }
+        if ended > 0 && ended * COMPACT_SHARE >= rows.len() {
+            let keep: Vec<u32> = (0..rows.len())
+                .filter(|&r| !done[rows[r]])
+                .map(|r| r as u32)
+                .collect();
+            let index = Tensor::new(keep.as_slice(), &device)?;
+            mem = mem.index_select(&index)?;
+            cache = model.select_cache(&cache, &index)?;
+            tokens = tokens.index_select(&index, 0)?;
+            rows = keep.iter().map(|&r| rows[r as usize]).collect();
+        }
+        let logits = model.decode_step(&mem, &tokens, &mut cache)?; // (rows, V)
+        let next = ops::argmax_last_dim(&logits)?; // (rows,)
+        // The one copy to the host per step that decoding needs: which sentences have ended.
+        let next_host = next.to_vec1::<u32>()?;
+        for (&s, &tok) in rows.iter().zip(&next_host) {
+            if done[s] {
+                continue;
+            }
+            if tok == ids.eos {
+                done[s] = true;
+            } else {
+                out[s].push(tok);
+                done[s] = out[s].len() >= max_len[s];
+            }
+        }
+        tokens = next.reshape((rows.len(), 1))?;
+    }
+    Ok(out)
 }
 
 /// Sentences per thread below which a batch is decoded as one group.
@@ -134,7 +198,8 @@ pub fn greedy_uncached<M: Seq2Seq>(
     })
 }
 
-/// The greedy loop, given `next_logits`: tokens fed at this step `(b, 1)` → logits `(b, V)`.
+/// The greedy loop of [`greedy_uncached`], given `next_logits`: tokens fed at this step
+/// `(b, 1)` → logits `(b, V)`. The batch is kept whole.
 fn greedy_loop(
     memory: &Memory,
     ids: SpecialIds,

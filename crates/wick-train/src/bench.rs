@@ -1,8 +1,9 @@
 //! `wick bench train`: times full training steps on synthetic batches of a fixed shape.
 
+use std::path::Path;
 use std::time::Instant;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use candle_core::{DType, Device, Tensor};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -152,6 +153,72 @@ fn random_model(cfg: &ModelConfig, vocab: usize, device: &Device) -> Result<(Par
         store.var_builder(DType::F32, device),
     )?;
     Ok((store, model))
+}
+
+/// Writes the randomly initialised model of a preset (`cfg`, one vocabulary of `vocab`) as a
+/// run directory `dir`, which must not exist yet: `config.toml`, `checkpoints/best.safetensors`
+/// and a `tokenizer.json` of `vocab` numbered stand-in tokens
+/// ([`wick_data::SubwordTokenizer::numbered`]). The weights are the ones `bench decode
+/// --preset` times (same seed). What it is for: `wick export` of a preset, so that another
+/// engine can be timed on the same model and shapes (`scripts/bench_vs_ctranslate2.sh`); its
+/// `[data]` section is a stand-in, and it translates no text.
+pub fn write_preset_run(name: &str, cfg: &ModelConfig, vocab: usize, dir: &Path) -> Result<()> {
+    if dir.exists() {
+        anyhow::bail!(
+            "{} already exists (--write-run needs a new directory)",
+            dir.display()
+        )
+    }
+    let (store, _model) = random_model(cfg, vocab, &Device::Cpu)?;
+    let tokenizer = wick_data::SubwordTokenizer::numbered(vocab)?;
+    let config = crate::Config {
+        data: crate::config::DataConfig {
+            synthetic: Some(wick_data::synthetic::SyntheticSpec {
+                task: wick_data::synthetic::Task::Copy,
+                n_symbols: 26,
+                min_len: 1,
+                max_len: 24,
+                n_train: 1,
+                n_dev: 1,
+                n_test: 1,
+            }),
+            vocab_size: vocab,
+            joint_vocab: true,
+            ..Default::default()
+        },
+        model: cfg.clone(),
+        ..Default::default()
+    };
+    config.validate()?;
+    std::fs::create_dir_all(dir.join("checkpoints"))
+        .with_context(|| format!("cannot create {}", dir.display()))?;
+    let header = format!(
+        "# The `{name}` preset of `wick bench decode`, randomly initialised and written by\n\
+         # `--write-run` for export and fixed-shape timings. [data] is a stand-in: this model\n\
+         # has never seen text.\n\n"
+    );
+    crate::checkpoint::write_atomic(
+        &dir.join("config.toml"),
+        (header + &config.to_toml()).as_bytes(),
+    )?;
+    crate::run::Tokenizers {
+        src: tokenizer.clone(),
+        tgt: tokenizer,
+        joint: true,
+    }
+    .save(dir)?;
+    let meta = std::collections::HashMap::from([
+        ("preset".to_string(), name.to_string()),
+        (
+            "wick_version".to_string(),
+            env!("CARGO_PKG_VERSION").to_string(),
+        ),
+    ]);
+    crate::checkpoint::save(
+        &dir.join("checkpoints").join("best.safetensors"),
+        &store.tensors(),
+        meta,
+    )
 }
 
 /// Seeded random token ids above the special tokens.

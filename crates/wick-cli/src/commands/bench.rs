@@ -152,10 +152,19 @@ pub(crate) fn cmd_bench_decode(a: BenchDecodeArgs) -> Result<()> {
             })?
         }
         (None, Some(preset)) => {
+            let (model, vocab) = preset.config();
+            if let Some(dir) = &a.write_run {
+                wick_train::bench::write_preset_run(preset.name(), &model, vocab, dir)?;
+                println!(
+                    "wrote the {} preset (random weights, vocabulary {vocab}) as run {}",
+                    preset.name(),
+                    dir.display()
+                );
+                return Ok(());
+            }
             if a.batch_size == 0 || a.src_len == 0 || a.steps == 0 {
                 bail!("--batch-size, --src-len and --steps must be positive")
             }
-            let (model, vocab) = preset.config();
             wick_train::bench::bench_decode_preset(wick_train::bench::PresetDecodeRequest {
                 model,
                 vocab,

@@ -4,11 +4,11 @@
 
 use crate::common::*;
 use candle_core::{Result, Tensor};
-use wick_model::Seq2Seq;
 use wick_model::search::{
     BeamConfig, SpecialIds, beam_search, forced_log_prob, greedy, greedy_uncached, length_penalty,
 };
 use wick_model::transformer::{NormPosition, Transformer, Tying};
+use wick_model::{DropoutRng, Memory, OutputLayer, Seq2Seq, VocabSizes};
 
 const IDS: SpecialIds = SpecialIds { bos: BOS, eos: EOS };
 
@@ -195,7 +195,101 @@ fn n_best_is_sorted_and_scores_are_forced_decoding_scores() -> Result<()> {
     Ok(())
 }
 
+/// A Transformer that records how many rows each of its decoding steps ran.
+struct Counting {
+    inner: Transformer,
+    rows: std::sync::Mutex<Vec<usize>>,
+}
+
+impl Seq2Seq for Counting {
+    type Cache = <Transformer as Seq2Seq>::Cache;
+
+    fn vocab(&self) -> VocabSizes {
+        Seq2Seq::vocab(&self.inner)
+    }
+    fn device(&self) -> &candle_core::Device {
+        Seq2Seq::device(&self.inner)
+    }
+    fn dropout_rng(&self) -> &DropoutRng {
+        Seq2Seq::dropout_rng(&self.inner)
+    }
+    fn max_positions(&self) -> Option<usize> {
+        Seq2Seq::max_positions(&self.inner)
+    }
+    fn encode(&self, src: &Tensor, src_mask: &Tensor, train: bool) -> Result<Memory> {
+        Seq2Seq::encode(&self.inner, src, src_mask, train)
+    }
+    fn decoder_states(&self, memory: &Memory, tgt_in: &Tensor, train: bool) -> Result<Tensor> {
+        Seq2Seq::decoder_states(&self.inner, memory, tgt_in, train)
+    }
+    fn output_layer(&self) -> OutputLayer {
+        Seq2Seq::output_layer(&self.inner)
+    }
+    fn attention(&self, memory: &Memory, tgt_in: &Tensor) -> Result<Vec<Tensor>> {
+        Seq2Seq::attention(&self.inner, memory, tgt_in)
+    }
+    fn for_decoding(&self) -> Result<Self> {
+        Ok(Self {
+            inner: Seq2Seq::for_decoding(&self.inner)?,
+            rows: Default::default(),
+        })
+    }
+    fn start_decoding(&self, memory: &Memory) -> Result<Self::Cache> {
+        Seq2Seq::start_decoding(&self.inner, memory)
+    }
+    fn decode_step(
+        &self,
+        memory: &Memory,
+        tokens: &Tensor,
+        cache: &mut Self::Cache,
+    ) -> Result<Tensor> {
+        self.rows.lock().unwrap().push(tokens.dim(0)?);
+        Seq2Seq::decode_step(&self.inner, memory, tokens, cache)
+    }
+    fn select_cache(&self, cache: &Self::Cache, indices: &Tensor) -> Result<Self::Cache> {
+        Seq2Seq::select_cache(&self.inner, cache, indices)
+    }
+    fn narrow_cache(&self, cache: &Self::Cache, start: usize, len: usize) -> Result<Self::Cache> {
+        Seq2Seq::narrow_cache(&self.inner, cache, start, len)
+    }
+    fn reorder_within_sources(&self, cache: &Self::Cache, indices: &Tensor) -> Result<Self::Cache> {
+        Seq2Seq::reorder_within_sources(&self.inner, cache, indices)
+    }
+}
+
+/// Greedy decoding drops the rows of sentences that have ended (in a batch of 8, each one as
+/// soon as it ends: an eighth of the batch) and decodes the others as a whole batch would.
+fn greedy_drops_the_rows_of_finished_sentences() -> Result<()> {
+    let m = Counting {
+        inner: model(25)?,
+        rows: Default::default(),
+    };
+    let srcs = &sources()[..8];
+    let (src, mask) = padded(srcs, PAD)?;
+    let memory = m.encode(&src, &mask, false)?;
+    // Limits 1 … 8: even where no sentence ends by itself, one more runs out at every step.
+    let max_len: Vec<usize> = (1..=8).collect();
+    // One group of sentences, as on a single thread, so that every step runs all live rows.
+    let out = wick_model::ops::with_whole_products(|| greedy(&m, &memory, IDS, &max_len))?;
+    assert_eq!(out, greedy_uncached(&m, &memory, IDS, &max_len)?);
+    let rows = m.rows.lock().unwrap().clone();
+    // The steps each sentence took: its tokens, and one more for `</s>` if it ended by itself.
+    let steps: Vec<usize> = out
+        .iter()
+        .zip(&max_len)
+        .map(|(o, &limit)| o.len() + usize::from(o.len() < limit))
+        .collect();
+    let longest = steps.iter().copied().max().unwrap_or(0);
+    let want: Vec<usize> = (0..longest)
+        .map(|step| steps.iter().filter(|&&n| n > step).count())
+        .collect();
+    assert_eq!(rows, want, "rows per step; steps per sentence {steps:?}");
+    assert!(rows.first() == Some(&8) && rows.len() == longest && longest > 1);
+    Ok(())
+}
+
 on_both_paths!(
+    greedy_drops_the_rows_of_finished_sentences,
     beam_of_one_is_greedy,
     model_laid_out_once_decodes_as_the_original,
     cached_and_uncached_decoding_give_identical_outputs,
