@@ -3,7 +3,7 @@
 use std::path::Path;
 use std::time::Instant;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use candle_core::{DType, Device, Tensor};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -190,23 +190,11 @@ pub fn write_preset_run(name: &str, cfg: &ModelConfig, vocab: usize, dir: &Path)
         ..Default::default()
     };
     config.validate()?;
-    std::fs::create_dir_all(dir.join("checkpoints"))
-        .with_context(|| format!("cannot create {}", dir.display()))?;
     let header = format!(
         "# The `{name}` preset of `wick bench decode`, randomly initialised and written by\n\
          # `--write-run` for export and fixed-shape timings. [data] is a stand-in: this model\n\
          # has never seen text.\n\n"
     );
-    crate::checkpoint::write_atomic(
-        &dir.join("config.toml"),
-        (header + &config.to_toml()).as_bytes(),
-    )?;
-    crate::run::Tokenizers {
-        src: tokenizer.clone(),
-        tgt: tokenizer,
-        joint: true,
-    }
-    .save(dir)?;
     let meta = std::collections::HashMap::from([
         ("preset".to_string(), name.to_string()),
         (
@@ -214,11 +202,22 @@ pub fn write_preset_run(name: &str, cfg: &ModelConfig, vocab: usize, dir: &Path)
             env!("CARGO_PKG_VERSION").to_string(),
         ),
     ]);
-    crate::checkpoint::save(
-        &dir.join("checkpoints").join("best.safetensors"),
-        &store.tensors(),
-        meta,
-    )
+    // All files or none: a run directory that lacks its checkpoint would only fail later.
+    let files = [
+        (
+            "config.toml".to_string(),
+            (header + &config.to_toml()).into_bytes(),
+        ),
+        (
+            "tokenizer.json".to_string(),
+            tokenizer.to_json()?.into_bytes(),
+        ),
+        (
+            "checkpoints/best.safetensors".to_string(),
+            crate::checkpoint::to_bytes(&store.tensors(), meta)?,
+        ),
+    ];
+    crate::export::write_dir_atomic(dir, &files, false)
 }
 
 /// Seeded random token ids above the special tokens.

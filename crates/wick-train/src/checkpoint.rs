@@ -41,10 +41,20 @@ pub fn save(
     tensors: &BTreeMap<String, Tensor>,
     metadata: HashMap<String, String>,
 ) -> Result<()> {
-    let bytes =
-        safetensors::serialize(tensors.iter().map(|(k, v)| (k.as_str(), v)), Some(metadata))
-            .with_context(|| format!("cannot serialise checkpoint {}", path.display()))?;
+    let bytes = to_bytes(tensors, metadata)
+        .with_context(|| format!("cannot serialise checkpoint {}", path.display()))?;
     write_atomic(path, &bytes)
+}
+
+/// The bytes of a safetensors file of named tensors with string metadata, as [`save`] writes.
+pub fn to_bytes(
+    tensors: &BTreeMap<String, Tensor>,
+    metadata: HashMap<String, String>,
+) -> Result<Vec<u8>> {
+    Ok(safetensors::serialize(
+        tensors.iter().map(|(k, v)| (k.as_str(), v)),
+        Some(metadata),
+    )?)
 }
 
 /// Loads every tensor of a safetensors file onto `device`, with its metadata.

@@ -658,9 +658,9 @@ println!(\"{{}}\", translator.translate(&[\"Hello!\"])?[0]);
     )
 }
 
-/// Writes `files` into a new directory `out` (replacing it when `force`), through a
-/// temporary sibling directory renamed into place.
-fn write_dir_atomic(out: &Path, files: &[(String, Vec<u8>)], force: bool) -> Result<()> {
+/// Writes `files` (paths relative to `out`) into a new directory `out` (replacing it when
+/// `force`), through a temporary sibling directory renamed into place.
+pub(crate) fn write_dir_atomic(out: &Path, files: &[(String, Vec<u8>)], force: bool) -> Result<()> {
     let parent = out
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
