@@ -183,10 +183,11 @@ pub trait Seq2Seq: Send + Sync + 'static {
     /// A fresh decoding state for `memory`.
     fn start_decoding(&self, memory: &Memory) -> Result<Self::Cache>;
 
-    /// Logits of the next token after feeding `tokens`.
+    /// Logits of the next token after feeding `tokens`: a row per row of `memory`, or `g` rows
+    /// per memory row where [`Self::beams_share_memory`].
     ///
     /// # Shapes
-    /// tokens `(b, 1)` u32 → logits `(b, V)`.
+    /// tokens `(b, 1)` u32, memory of `b` (or `b / g`) rows → logits `(b, V)`.
     fn decode_step(
         &self,
         memory: &Memory,
@@ -202,12 +203,31 @@ pub trait Seq2Seq: Send + Sync + 'static {
     /// batch costs neither a copy nor memory.
     fn narrow_cache(&self, cache: &Self::Cache, start: usize, len: usize) -> Result<Self::Cache>;
 
-    /// [`Self::select_cache`] for a selection under which every row keeps its source: row `r`
-    /// becomes row `indices[r]`, and both rows decode the same sentence (beam search moving
-    /// hypotheses within each sentence). What derives from the memory is already right for
-    /// every row and need not be copied.
-    fn reorder_within_sources(&self, cache: &Self::Cache, indices: &Tensor) -> Result<Self::Cache> {
-        self.select_cache(cache, indices)
+    /// Whether [`Self::decode_step`] takes `g ≥ 1` consecutive rows of `tokens` per memory row
+    /// (rows `i·g .. (i + 1)·g` decoding the sentence of memory row `i`), with a decoding state
+    /// whose own rows follow the tokens while what it derives from the memory follows the
+    /// memory. Beam search then keeps the memory once per sentence rather than once per
+    /// hypothesis. `false` (the default): every row has its own memory row.
+    fn beams_share_memory(&self) -> bool {
+        false
+    }
+
+    /// Moves a decoding state to new rows, in place where the backend allows: row `r` of the
+    /// decoder's own state (cached keys/values of decoded positions, recurrent states, input
+    /// windows) becomes its old row `rows[r]`, and what derives from the memory keeps its rows
+    /// `sources` (`None`: as they are). Beam search calls it every step, with `sources` when
+    /// sentences leave the batch. Unless [`Self::beams_share_memory`], `sources` is `None` (each
+    /// row keeps its sentence) or equal to `rows`, and the default, [`Self::select_cache`] by
+    /// `rows`, is right for a state that holds nothing derived from the memory.
+    fn move_cache(
+        &self,
+        cache: &mut Self::Cache,
+        rows: &Tensor,
+        sources: Option<&Tensor>,
+    ) -> Result<()> {
+        let _ = sources;
+        *cache = self.select_cache(cache, rows)?;
+        Ok(())
     }
 }
 
@@ -246,17 +266,26 @@ trait Erased: Send + Sync {
         start: usize,
         len: usize,
     ) -> Result<DecodingState>;
-    fn reorder_within_sources(
+    fn beams_share_memory(&self) -> bool;
+    fn move_cache(
         &self,
-        cache: &DecodingState,
-        indices: &Tensor,
-    ) -> Result<DecodingState>;
+        cache: &mut DecodingState,
+        rows: &Tensor,
+        sources: Option<&Tensor>,
+    ) -> Result<()>;
 }
 
 fn state<C: 'static>(cache: &DecodingState) -> Result<&C> {
     cache
         .0
         .downcast_ref()
+        .ok_or_else(|| candle_core::Error::Msg("decoding state of another model".into()))
+}
+
+fn state_mut<C: 'static>(cache: &mut DecodingState) -> Result<&mut C> {
+    cache
+        .0
+        .downcast_mut()
         .ok_or_else(|| candle_core::Error::Msg("decoding state of another model".into()))
 }
 
@@ -304,11 +333,7 @@ impl<M: Seq2Seq> Erased for M {
         tokens: &Tensor,
         cache: &mut DecodingState,
     ) -> Result<Tensor> {
-        let cache = cache
-            .0
-            .downcast_mut()
-            .ok_or_else(|| candle_core::Error::Msg("decoding state of another model".into()))?;
-        Seq2Seq::decode_step(self, memory, tokens, cache)
+        Seq2Seq::decode_step(self, memory, tokens, state_mut(cache)?)
     }
     fn select_cache(&self, cache: &DecodingState, indices: &Tensor) -> Result<DecodingState> {
         Ok(wrap(Seq2Seq::select_cache(self, state(cache)?, indices)?))
@@ -326,13 +351,16 @@ impl<M: Seq2Seq> Erased for M {
             len,
         )?))
     }
-    fn reorder_within_sources(
+    fn beams_share_memory(&self) -> bool {
+        Seq2Seq::beams_share_memory(self)
+    }
+    fn move_cache(
         &self,
-        cache: &DecodingState,
-        indices: &Tensor,
-    ) -> Result<DecodingState> {
-        let cache = state(cache)?;
-        Ok(wrap(Seq2Seq::reorder_within_sources(self, cache, indices)?))
+        cache: &mut DecodingState,
+        rows: &Tensor,
+        sources: Option<&Tensor>,
+    ) -> Result<()> {
+        Seq2Seq::move_cache(self, state_mut(cache)?, rows, sources)
     }
 }
 
@@ -423,11 +451,15 @@ impl Seq2Seq for Model {
     ) -> Result<DecodingState> {
         self.inner.narrow_cache(cache, start, len)
     }
-    fn reorder_within_sources(
+    fn beams_share_memory(&self) -> bool {
+        self.inner.beams_share_memory()
+    }
+    fn move_cache(
         &self,
-        cache: &DecodingState,
-        indices: &Tensor,
-    ) -> Result<DecodingState> {
-        self.inner.reorder_within_sources(cache, indices)
+        cache: &mut DecodingState,
+        rows: &Tensor,
+        sources: Option<&Tensor>,
+    ) -> Result<()> {
+        self.inner.move_cache(cache, rows, sources)
     }
 }

@@ -75,7 +75,7 @@ fn greedy_group<M: Seq2Seq>(
                 .collect();
             let index = Tensor::new(keep.as_slice(), &device)?;
             mem = mem.index_select(&index)?;
-            cache = model.select_cache(&cache, &index)?;
+            model.move_cache(&mut cache, &index, Some(&index))?;
             tokens = tokens.index_select(&index, 0)?;
             rows = keep.iter().map(|&r| rows[r as usize]).collect();
         }
@@ -341,6 +341,10 @@ fn beam_search_group<M: Seq2Seq>(
     if rows.is_empty() {
         return Ok(finished);
     }
+    // With a model whose hypotheses can share their sentence's memory, the memory (and what the
+    // decoding state derives from it) keeps one row per active sentence, in `active` order;
+    // otherwise one row per hypothesis, like the decoder's own state.
+    let shared = model.beams_share_memory();
     let (mut mem, mut cache) = if rows.len() == b {
         (memory.clone(), cache)
     } else {
@@ -363,8 +367,10 @@ fn beam_search_group<M: Seq2Seq>(
         let mut next_rows: Vec<u32> = Vec::new();
         let mut next_tokens: Vec<u32> = Vec::new();
         let mut next_active = Vec::new();
+        // Positions in `active` of the sentences that go on.
+        let mut kept: Vec<u32> = Vec::new();
         let mut row = 0usize;
-        for &s in &active {
+        for (position, &s) in active.iter().enumerate() {
             let n_live = live[s].len();
             // Candidates (log p, beam, token), best first.
             let mut cands: Vec<(f64, usize, u32)> = Vec::with_capacity(n_live * 2 * k);
@@ -414,6 +420,7 @@ fn beam_search_group<M: Seq2Seq>(
                 }
             } else {
                 next_active.push(s);
+                kept.push(position as u32);
                 live[s] = new_live
                     .into_iter()
                     .map(|(lv, r, t)| {
@@ -425,20 +432,42 @@ fn beam_search_group<M: Seq2Seq>(
             }
             row += n_live;
         }
+        let left = kept.len() < active.len();
         active = next_active;
         if active.is_empty() {
             break;
         }
         let index = Tensor::new(next_rows.as_slice(), &device)?;
-        // Every new row continues a hypothesis of its own sentence, so while no sentence
-        // leaves and each keeps as many rows, the memory rows are already in place: only the
-        // decoder's own state moves (copying the memory and its projected keys/values each
-        // step was ~50 MB for the small preset at beam 5).
-        if active.iter().map(|&s| (s, live[s].len())).eq(layout) {
-            cache = model.reorder_within_sources(&cache, &index)?;
+        // Every new row continues a hypothesis of its own sentence. The decoder's own state
+        // moves every step (in place); the memory and what derives from it only when
+        // sentences leave, then by sentence where the memory is shared. Copying the memory
+        // and its projected keys/values each step was ~50 MB for the small preset at beam 5.
+        if shared {
+            // A memory row serves its sentence's hypotheses as consecutive rows, so every
+            // sentence must have as many: the candidate rule above keeps `beam` for each
+            // sentence still decoding (at the first step, with a vocabulary smaller than
+            // 2·beam, every token but `</s>`).
+            let g = live[active[0]].len();
+            if let Some(&s) = active.iter().find(|&&s| live[s].len() != g) {
+                candle_core::bail!(
+                    "beam search: sentence {s} keeps {} hypotheses, sentence {} {g}",
+                    live[s].len(),
+                    active[0]
+                )
+            }
+            let sources = if left {
+                let sources = Tensor::new(kept.as_slice(), &device)?;
+                mem = mem.index_select(&sources)?;
+                Some(sources)
+            } else {
+                None
+            };
+            model.move_cache(&mut cache, &index, sources.as_ref())?;
+        } else if active.iter().map(|&s| (s, live[s].len())).eq(layout) {
+            model.move_cache(&mut cache, &index, None)?;
         } else {
             mem = mem.index_select(&index)?;
-            cache = model.select_cache(&cache, &index)?;
+            model.move_cache(&mut cache, &index, Some(&index))?;
         }
         tokens = Tensor::new(next_tokens.as_slice(), &device)?.reshape((next_tokens.len(), 1))?;
     }

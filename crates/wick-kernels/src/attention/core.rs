@@ -70,7 +70,15 @@ fn softmax_in_place(row: &mut [f32]) {
     }
 }
 
-/// [`forward_sentence`] for a single query without dropout (a decoding step). The scores go
+/// Queries per sentence up to which, without dropout, [`forward_sentence`] runs queries
+/// against a memory one at a time through [`forward_one_query`]: in beam search a sentence's
+/// hypotheses attend to its memory as the queries of one call (the memory is held once per
+/// sentence, not once per hypothesis), and each gets the bits it would get as a query of its
+/// own, so that a hypothesis does not depend on how many share its sentence (beam widths up
+/// to 16). Self-attention keeps its blocked product for any length above 1.
+pub(super) const QUERIES_ONE_BY_ONE: usize = 16;
+
+/// [`forward_sentence`] for query `query` without dropout (a decoding step). The scores go
 /// eight keys at a time ([`dot8`]) with the heads inside the loop over key blocks, so that a
 /// block's rows, all heads, are read from L1 once loaded: head by head, the loop went through
 /// the key/value cache a cache line or two per key and head, and its misses made attention
@@ -87,12 +95,14 @@ fn forward_one_query<const FMA: bool>(
     kv: &[f32],
     bias: &Bias,
     sentence: usize,
+    query: usize,
     out: &mut [f32],
     p: &mut [f32],
 ) {
     let (tk, dk, d) = (g.tk, g.dk, g.d());
-    let brow = bias.row(sentence, 0);
-    let q = &q[g.q_col..][..d];
+    let brow = bias.row(sentence, query);
+    let q = &q[query * g.qw + g.q_col..][..d];
+    let out = &mut out[query * d..][..d];
     let mut j = 0;
     while j + 8 <= tk {
         let keys = &kv[j * g.kvw + g.k_col..];
@@ -141,9 +151,12 @@ pub(super) fn forward_sentence(
 ) {
     const FMA: bool = selected_target!().supports_feature_str("fma");
     let (tq, tk, dk, d) = (g.tq, g.tk, g.dk, g.d());
-    if tq == 1 && mask.is_none() {
+    if tq <= g.one_by_one && mask.is_none() {
         s.p.resize(g.heads * tk, 0.0);
-        return forward_one_query::<FMA>(g, q, kv, bias, sentence, out, &mut s.p);
+        for query in 0..tq {
+            forward_one_query::<FMA>(g, q, kv, bias, sentence, query, out, &mut s.p);
+        }
+        return;
     }
     let tp = tk.next_multiple_of(8);
     s.p.resize(tq * tp, 0.0);

@@ -24,7 +24,7 @@ use candle_core::{
 };
 use rayon::prelude::*;
 
-use self::core::{Scratch, backward_sentence, forward_sentence, scatter};
+use self::core::{QUERIES_ONE_BY_ONE, Scratch, backward_sentence, forward_sentence, scatter};
 use crate::storage::slice;
 
 /// Shapes of one call: `b` sentences, `tq` queries, `tk` keys, and where Q, K and V sit in
@@ -45,6 +45,9 @@ pub(crate) struct Geometry {
     pub(super) v_col: usize,
     pub(super) kv_block: usize,
     pub(super) scale: f32,
+    /// Queries per sentence up to which the forward without dropout runs them one at a time:
+    /// [`QUERIES_ONE_BY_ONE`] for queries against a memory, 1 for self-attention.
+    pub(super) one_by_one: usize,
 }
 
 impl Geometry {
@@ -160,6 +163,7 @@ fn self_geometry(shape: &Shape, heads: usize) -> Result<Geometry> {
         v_col: 2 * d,
         kv_block: t * w,
         scale: (dk as f32).powf(-0.5),
+        one_by_one: 1,
     })
 }
 
@@ -258,6 +262,7 @@ fn cross_geometry(q: &Shape, kv: &Shape, heads: usize) -> Result<Geometry> {
         v_col: d,
         kv_block: tk * kvw,
         scale: (dk as f32).powf(-0.5),
+        one_by_one: QUERIES_ONE_BY_ONE,
     })
 }
 

@@ -1,8 +1,8 @@
 //! Keys and values kept for incremental decoding.
 
-use candle_core::{Result, Tensor};
+use candle_core::{DType, Result, Tensor};
 
-use crate::ops::index_select_prefix;
+use crate::ops::{self, index_select_prefix};
 
 /// Keys and values cached for incremental decoding: `(b, t, 2·d)`, each row the packed K and
 /// V of one position, as the projections produce them (the fused kernel reads heads in place).
@@ -38,41 +38,76 @@ const STEP_CACHE_BLOCK: usize = 32;
 /// step (5–7% of a greedy step, perf), and the attention kernel reads the rows in place.
 /// Written by hand rather than with candle-nn's `kv_cache::Cache` because beam search reorders
 /// the cache every step, and that type can only be rebuilt by copying the rows twice.
-/// Not `Clone`: the buffer is written in place, so a copy would share it.
+///
+/// On the kernel path a reorder ([`Self::select_in_place`]) copies the held positions into a
+/// second buffer of the same room and the two swap, so beam search allocates nothing per step
+/// and writes only the positions held: a new buffer per step, zeroed past the held positions,
+/// wrote the whole room (32 positions for the first 32 steps) and went through the allocator
+/// for tens of megabytes a step. Either buffer may have more rows than are in use (sentences
+/// leave the batch); the first `b` are.
+/// Not `Clone`: the buffers are written in place, so a copy would share them.
 #[derive(Debug, Default)]
 pub struct StepKvCache {
-    buf: Option<Tensor>,
+    /// `(≥ b, capacity, 2·d)`; its first `b` rows hold the state.
+    front: Option<Tensor>,
+    /// Where the next reorder writes: `(≥ b', capacity, 2·d)`, or none yet.
+    back: Option<Tensor>,
+    /// Rows in use.
+    b: usize,
+    /// Positions held.
     len: usize,
 }
 
+/// The first `b` rows of `buf` along dim 0 (a contiguous view).
+fn first_rows(buf: &Tensor, b: usize) -> Result<Tensor> {
+    if buf.dim(0)? == b {
+        Ok(buf.clone())
+    } else {
+        buf.narrow(0, 0, b)
+    }
+}
+
 impl StepKvCache {
+    /// The rows in use, `(b, capacity, 2·d)`.
+    fn buf(&self) -> Result<Option<Tensor>> {
+        self.front
+            .as_ref()
+            .map(|f| first_rows(f, self.b))
+            .transpose()
+    }
+
     /// The cached rows, `(b, t, 2·d)`: a view into the buffer.
     pub fn kv(&self) -> Result<Option<Tensor>> {
-        self.buf
-            .as_ref()
-            .map(|b| b.narrow(1, 0, self.len))
-            .transpose()
+        self.buf()?.map(|b| b.narrow(1, 0, self.len)).transpose()
     }
 
     /// Writes the rows of new positions, `(b, n, 2·d)`, after the cached ones.
     pub fn append(&mut self, rows: &Tensor) -> Result<()> {
-        let n = rows.dim(1)?;
-        let buf = match self.buf.take() {
+        let (b, n, w) = rows.dims3()?;
+        let buf = match self.buf()? {
             None => {
-                let (b, _, w) = rows.dims3()?;
                 let cap = n.div_ceil(STEP_CACHE_BLOCK).max(1) * STEP_CACHE_BLOCK;
-                Tensor::zeros((b, cap, w), rows.dtype(), rows.device())?
+                let buf = Tensor::zeros((b, cap, w), rows.dtype(), rows.device())?;
+                self.front = Some(buf.clone());
+                self.b = b;
+                buf
             }
             Some(buf) if self.len + n > buf.dim(1)? => {
                 let (b, cap, w) = buf.dims3()?;
                 let extra = (self.len + n - cap).div_ceil(STEP_CACHE_BLOCK) * STEP_CACHE_BLOCK;
                 let more = Tensor::zeros((b, extra, w), buf.dtype(), buf.device())?;
-                Tensor::cat(&[&buf, &more], 1)?
+                let buf = Tensor::cat(&[&buf, &more], 1)?;
+                self.front = Some(buf.clone());
+                // The second buffer has the old room; the next reorder makes a new one.
+                self.back = None;
+                buf
             }
             Some(buf) => buf,
         };
+        if b != self.b {
+            candle_core::bail!("decoding cache: {b} new rows for a batch of {}", self.b)
+        }
         buf.slice_set(rows, 1, self.len)?;
-        self.buf = Some(buf);
         self.len += n;
         Ok(())
     }
@@ -81,11 +116,37 @@ impl StepKvCache {
     /// dropping finished sentences: one copy of the positions held, into a buffer with the
     /// same room.
     pub fn index_select(&self, indices: &Tensor) -> Result<Self> {
+        let front = (self.buf()?)
+            .map(|b| index_select_prefix(&b, indices, self.len))
+            .transpose()?;
         Ok(Self {
-            buf: (self.buf.as_ref())
-                .map(|b| index_select_prefix(b, indices, self.len))
-                .transpose()?,
+            front,
+            back: None,
+            b: indices.dim(0)?,
             len: self.len,
         })
+    }
+
+    /// [`Self::index_select`] in place: on the kernel path into the second buffer, which then
+    /// becomes the first (see the type's documentation); elsewhere as a new buffer.
+    pub fn select_in_place(&mut self, indices: &Tensor) -> Result<()> {
+        let Some(src) = self.buf()? else {
+            // Nothing decoded yet: the first append sets the rows.
+            return Ok(());
+        };
+        if !(ops::kernels_on(src.device()) && src.dtype() == DType::F32) {
+            *self = self.index_select(indices)?;
+            return Ok(());
+        }
+        let ids = indices.to_vec1::<u32>()?;
+        let (_, cap, w) = src.dims3()?;
+        let back = match self.back.take() {
+            Some(back) if back.dim(0)? >= ids.len() && back.dim(1)? == cap => back,
+            _ => Tensor::zeros((ids.len(), cap, w), src.dtype(), src.device())?,
+        };
+        ops::select_prefix_into(&first_rows(&back, ids.len())?, &src, &ids, self.len)?;
+        self.back = self.front.replace(back);
+        self.b = ids.len();
+        Ok(())
     }
 }

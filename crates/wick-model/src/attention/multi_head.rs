@@ -147,6 +147,29 @@ impl CrossAttention {
         })
     }
 
+    /// One decoding step, for `g` consecutive rows of `xs` per memory row: beam search keeps
+    /// the memory once per sentence, and its hypotheses query it together, as `g` queries of
+    /// one sentence (which the attention kernel runs one at a time, exactly as it runs a
+    /// single one). Keeping the memory once per hypothesis instead held its keys/values `beam`
+    /// times and copied all of them whenever a sentence finished.
+    ///
+    /// # Shapes
+    /// xs `(b, 1, d)`, memory K/V `(b / g, s, 2·d)`, bias `(b / g, 1, 1, s)` → `(b, 1, d)`.
+    pub fn forward_step(&self, xs: &Tensor, memory_kv: &KvCache, bias: &Tensor) -> Result<Tensor> {
+        let q = self.q_proj.forward(xs)?; // (b, 1, d)
+        let (b, one, d) = q.dims3()?;
+        let m = memory_kv.kv.dim(0)?;
+        if one != 1 || m == 0 || b % m != 0 {
+            candle_core::bail!(
+                "cross-attention step: queries {:?} for {m} memory rows",
+                q.dims()
+            )
+        }
+        let q = q.reshape((m, b / m, d))?;
+        let out = ops::attention(&q, &memory_kv.kv, bias, self.n_heads, None)?; // (m, g, d)
+        self.out_proj.forward(&out.reshape((b, 1, d))?)
+    }
+
     /// # Shapes
     /// xs `(b, t, d)`, memory K/V `(b, s, 2·d)`, bias `(b, 1, 1, s)` → `(b, t, d)` and, if
     /// `want_probs`, the probabilities `(b, h, t, s)`.

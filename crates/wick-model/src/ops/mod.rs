@@ -236,6 +236,17 @@ pub fn index_select_prefix(buf: &Tensor, indices: &Tensor, len: usize) -> Result
     }
 }
 
+/// Rows `indices` of `src`, the first `len` positions of each, written into `dst` in place
+/// (the rest of each row of `dst` keeps what it held): [`index_select_prefix`] without a new
+/// buffer, for a decoding buffer reordered into a second one of the same room. Kernel path
+/// only ([`kernels_on`]); `dst` and `src` must not share storage.
+///
+/// # Shapes
+/// dst `(indices.len(), cap, w)` (contiguous), src `(b, cap, w)`.
+pub fn select_prefix_into(dst: &Tensor, src: &Tensor, indices: &[u32], len: usize) -> Result<()> {
+    k::select::select_prefix_into(dst, src, indices, len)
+}
+
 /// `y = x·Wᵀ + b`, then `max(y, 0)` with `relu`, then `⊙ mask` (a dropout mask after the
 /// ReLU, one value per output element).
 ///

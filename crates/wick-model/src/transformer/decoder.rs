@@ -21,13 +21,14 @@ pub struct LayerCache {
 }
 
 impl LayerCache {
-    /// Rows `indices` of the self-attention state; the memory's keys/values stay as they
-    /// are (see `Seq2Seq::reorder_within_sources`).
-    pub fn reorder_within_sources(&self, indices: &Tensor) -> Result<Self> {
-        Ok(Self {
-            self_kv: self.self_kv.index_select(indices)?,
-            memory_kv: self.memory_kv.clone(),
-        })
+    /// Keeps rows `rows` of the self-attention state, in place, and rows `sources` of the
+    /// memory's keys/values (`None`: as they are); see `Seq2Seq::move_cache`.
+    pub fn select_in_place(&mut self, rows: &Tensor, sources: Option<&Tensor>) -> Result<()> {
+        self.self_kv.select_in_place(rows)?;
+        if let Some(sources) = sources {
+            self.memory_kv = self.memory_kv.index_select(sources)?;
+        }
+        Ok(())
     }
 
     pub fn index_select(&self, indices: &Tensor) -> Result<Self> {
@@ -151,10 +152,12 @@ impl DecoderLayer {
         })
     }
 
-    /// One incremental step (inference only).
+    /// One incremental step (inference only). The memory may hold one row per `g` rows of `xs`
+    /// (the hypotheses of a sentence in beam search), see `CrossAttention::forward_step`.
     ///
     /// # Shapes
-    /// xs `(b, 1, d)` → `(b, 1, d)`; `cache.self_kv` grows by one position.
+    /// xs `(b, 1, d)`, memory keys/values `(b / g, s, 2·d)`, src_bias `(b / g, 1, 1, s)` →
+    /// `(b, 1, d)`; `cache.self_kv` grows by one position.
     pub fn forward_step(
         &self,
         xs: &Tensor,
@@ -175,12 +178,7 @@ impl DecoderLayer {
             self.norm,
             &self.dropout,
             false,
-            |x| {
-                Ok(self
-                    .cross_attn
-                    .forward(x, &cache.memory_kv, src_bias, false, false)?
-                    .0)
-            },
+            |x| self.cross_attn.forward_step(x, &cache.memory_kv, src_bias),
         )?;
         residual(&xs, &self.ffn_norm, self.norm, &self.dropout, false, |x| {
             self.ffn.forward_t(x, false)

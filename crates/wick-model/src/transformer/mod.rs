@@ -318,7 +318,20 @@ impl Seq2Seq for Transformer {
         cache.map_layers(|l| l.narrow(start, len, &rows))
     }
 
-    fn reorder_within_sources(&self, cache: &Self::Cache, indices: &Tensor) -> Result<Self::Cache> {
-        cache.map_layers(|l| l.reorder_within_sources(indices))
+    /// The cross-attention takes `g` rows per memory row (`CrossAttention::forward_step`).
+    fn beams_share_memory(&self) -> bool {
+        true
+    }
+
+    fn move_cache(
+        &self,
+        cache: &mut Self::Cache,
+        rows: &Tensor,
+        sources: Option<&Tensor>,
+    ) -> Result<()> {
+        for layer in &mut cache.layers {
+            layer.select_in_place(rows, sources)?;
+        }
+        Ok(())
     }
 }

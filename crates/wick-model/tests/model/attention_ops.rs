@@ -127,6 +127,36 @@ fn fused_attention_matches_reference() -> Result<()> {
     Ok(())
 }
 
+/// A few queries of one sentence (beam hypotheses sharing its memory) get, to the bit, what
+/// each gets as the single query of a sentence of its own.
+#[test]
+fn few_queries_get_what_single_queries_get() -> Result<()> {
+    let (b, tk, heads, dk) = (3, 11, 4, 8);
+    let d = heads * dk;
+    let kv = randn(&[b, tk, 2 * d], 51)?;
+    let bias = padding_bias(&[0, 3, 10], tk)?;
+    for g in [1, 2, 5, 16] {
+        let q = randn(&[b, g, d], 52 + g as u64)?;
+        let together = ops::attention(&q, &kv, &bias, heads, None)?;
+        let rows: Vec<u32> = (0..b as u32)
+            .flat_map(|i| std::iter::repeat_n(i, g))
+            .collect();
+        let rows = Tensor::new(rows.as_slice(), &Device::Cpu)?;
+        let alone = ops::attention(
+            &q.reshape((b * g, 1, d))?,
+            &kv.index_select(&rows, 0)?,
+            &bias.index_select(&rows, 0)?,
+            heads,
+            None,
+        )?;
+        let together = together.reshape((b * g, 1, d))?;
+        assert_eq!(max_diff(&together, &alone)?, 0.0, "{g} queries");
+        let composed = ops::reference::attention(&q, &kv, &bias, heads, None)?;
+        assert!(max_diff(&together, &composed.reshape((b * g, 1, d))?)? < 1e-5);
+    }
+    Ok(())
+}
+
 #[test]
 fn fused_attention_dropout_matches_reference() -> Result<()> {
     // d_k 8 is one 8-column tile of the per-head products, 32 two 16-column tiles.

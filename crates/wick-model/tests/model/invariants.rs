@@ -223,6 +223,66 @@ fn cached_decoding_survives_growth_and_reordering() -> Result<()> {
     Ok(())
 }
 
+/// The decoding state moved in place as beam search moves it, with hypotheses sharing their
+/// sentence's memory row: two rows per sentence from step 3, swapped within each sentence at
+/// every later step (the two buffers of the self-attention cache taking turns), the second
+/// sentence dropped at step 20, the cache grown past its first block after all that. Every
+/// step's logits equal the full forward of the tokens each row has fed.
+fn cached_decoding_survives_moves_in_place() -> Result<()> {
+    const LEN: usize = 40;
+    let (model, _) = build(&tiny_config(NormPosition::Pre, Tying::All), 10)?;
+    assert!(model.beams_share_memory());
+    let (src, src_mask) = padded(&sources(), PAD)?;
+    let memory = model.encode(&src, &src_mask, false)?;
+    let mut cache = model.start_decoding(&memory)?;
+    let mut memory_now = memory.clone();
+    // Per row: its sentence (a row of `memory`) and the tokens it has fed.
+    let mut rows: Vec<(u32, Vec<u32>)> = (0..3).map(|s| (s, Vec::new())).collect();
+    let ids = |v: &[u32]| Tensor::new(v, &device());
+    for t in 0..LEN {
+        let (index, sources): (Vec<u32>, Option<Vec<u32>>) = match t {
+            0..3 => (Vec::new(), None),
+            3 => ((0..3).flat_map(|r| [r, r]).collect(), None),
+            20 => {
+                let keep = (0..rows.len() as u32).filter(|&r| rows[r as usize].0 != 1);
+                (keep.collect(), Some(vec![0, 2]))
+            }
+            _ => ((0..rows.len() as u32).map(|r| r ^ 1).collect(), None),
+        };
+        if !index.is_empty() {
+            let sources = sources.map(|s| ids(&s)).transpose()?;
+            if let Some(s) = &sources {
+                memory_now = memory_now.index_select(s)?;
+            }
+            model.move_cache(&mut cache, &ids(&index)?, sources.as_ref())?;
+            rows = index.iter().map(|&r| rows[r as usize].clone()).collect();
+        }
+        let fed: Vec<u32> = (0..rows.len())
+            .map(|r| {
+                if t == 0 {
+                    BOS
+                } else {
+                    4 + ((t * 7 + r * 5) % 24) as u32
+                }
+            })
+            .collect();
+        let tokens = ids(&fed)?.reshape((fed.len(), 1))?;
+        let step = model.decode_step(&memory_now, &tokens, &mut cache)?;
+        for (r, (sentence, history)) in rows.iter_mut().enumerate() {
+            history.push(fed[r]);
+            let one = memory.index_select(&ids(&[*sentence])?)?;
+            let full = model.forward_t(&one, &ids(history.as_slice())?.unsqueeze(0)?, false)?;
+            let diff = max_abs_diff(&step.i(r)?, &full.i((0, t))?)?;
+            assert!(
+                diff <= 1e-5,
+                "step {t}, row {r}: cached logits differ by {diff}"
+            );
+        }
+    }
+    assert_eq!(rows.len(), 4);
+    Ok(())
+}
+
 fn greedy_matches_argmax_of_full_forward() -> Result<()> {
     let (model, _) = build(&tiny_config(NormPosition::Post, Tying::All), 9)?;
     let (src, src_mask) = padded(&sources(), PAD)?;
@@ -337,6 +397,7 @@ on_both_paths!(
     decoder_is_causal,
     cached_decoding_equals_full_forward,
     cached_decoding_survives_growth_and_reordering,
+    cached_decoding_survives_moves_in_place,
     greedy_matches_argmax_of_full_forward,
     dropout_is_seeded_and_off_in_eval,
     initialisation_is_seeded,

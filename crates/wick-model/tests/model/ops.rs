@@ -444,6 +444,39 @@ fn index_select_prefix_copies_the_held_positions() -> Result<()> {
     Ok(())
 }
 
+/// The in-place selection writes exactly the held positions of the chosen rows, into the first
+/// rows of a destination that may have more, and leaves everything else of it as it was.
+#[test]
+fn select_prefix_into_writes_the_held_positions_in_place() -> Result<()> {
+    let src = randn(&[5, 7, 6], 92)?;
+    for (rows, len) in [(vec![4u32, 0, 0, 2], 3), (vec![1, 3], 7), (vec![2], 0)] {
+        let old = randn(&[6, 7, 6], 93)?; // more rows than the selection
+        let dst = old.copy()?;
+        let head = dst.narrow(0, 0, rows.len())?;
+        ops::select_prefix_into(&head, &src, &rows, len)?;
+        let idx = Tensor::new(rows.as_slice(), &Device::Cpu)?;
+        let want = src.index_select(&idx, 0)?;
+        let flat = |t: &Tensor| t.flatten_all()?.to_vec1::<f32>();
+        let held = |t: &Tensor| t.narrow(0, 0, rows.len())?.narrow(1, 0, len);
+        if len > 0 {
+            assert_eq!(flat(&held(&dst)?)?, flat(&want.narrow(1, 0, len)?)?);
+        }
+        // Positions past `len` and rows past the selection keep their old values.
+        let rest = |t: &Tensor| t.narrow(0, 0, rows.len())?.narrow(1, len, 7 - len);
+        if len < 7 {
+            assert_eq!(flat(&rest(&dst)?)?, flat(&rest(&old)?)?);
+        }
+        let below = |t: &Tensor| t.narrow(0, rows.len(), 6 - rows.len());
+        assert_eq!(flat(&below(&dst)?)?, flat(&below(&old)?)?);
+    }
+    let dst = Tensor::zeros((2, 7, 6), DType::F32, &Device::Cpu)?;
+    let err = ops::select_prefix_into(&dst, &src, &[1, 5], 2).unwrap_err();
+    assert!(err.to_string().contains("index 5 out of range"), "{err}");
+    let err = ops::select_prefix_into(&dst, &src, &[1], 2).unwrap_err();
+    assert!(err.to_string().contains("1 rows of 2 positions"), "{err}");
+    Ok(())
+}
+
 #[test]
 fn embedding_kernel_matches_reference() -> Result<()> {
     // Learned positions (a variable) get a gradient too; the ids repeat, so rows of the

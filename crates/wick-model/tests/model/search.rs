@@ -195,10 +195,24 @@ fn n_best_is_sorted_and_scores_are_forced_decoding_scores() -> Result<()> {
     Ok(())
 }
 
-/// A Transformer that records how many rows each of its decoding steps ran.
+/// A Transformer that records how many rows and memory rows each of its decoding steps ran,
+/// and can decline to share a sentence's memory among its beam hypotheses.
 struct Counting {
     inner: Transformer,
     rows: std::sync::Mutex<Vec<usize>>,
+    memory_rows: std::sync::Mutex<Vec<usize>>,
+    share_memory: bool,
+}
+
+impl Counting {
+    fn new(inner: Transformer, share_memory: bool) -> Self {
+        Self {
+            inner,
+            rows: Default::default(),
+            memory_rows: Default::default(),
+            share_memory,
+        }
+    }
 }
 
 impl Seq2Seq for Counting {
@@ -229,10 +243,10 @@ impl Seq2Seq for Counting {
         Seq2Seq::attention(&self.inner, memory, tgt_in)
     }
     fn for_decoding(&self) -> Result<Self> {
-        Ok(Self {
-            inner: Seq2Seq::for_decoding(&self.inner)?,
-            rows: Default::default(),
-        })
+        Ok(Self::new(
+            Seq2Seq::for_decoding(&self.inner)?,
+            self.share_memory,
+        ))
     }
     fn start_decoding(&self, memory: &Memory) -> Result<Self::Cache> {
         Seq2Seq::start_decoding(&self.inner, memory)
@@ -244,6 +258,7 @@ impl Seq2Seq for Counting {
         cache: &mut Self::Cache,
     ) -> Result<Tensor> {
         self.rows.lock().unwrap().push(tokens.dim(0)?);
+        self.memory_rows.lock().unwrap().push(memory.batch_size()?);
         Seq2Seq::decode_step(&self.inner, memory, tokens, cache)
     }
     fn select_cache(&self, cache: &Self::Cache, indices: &Tensor) -> Result<Self::Cache> {
@@ -252,18 +267,23 @@ impl Seq2Seq for Counting {
     fn narrow_cache(&self, cache: &Self::Cache, start: usize, len: usize) -> Result<Self::Cache> {
         Seq2Seq::narrow_cache(&self.inner, cache, start, len)
     }
-    fn reorder_within_sources(&self, cache: &Self::Cache, indices: &Tensor) -> Result<Self::Cache> {
-        Seq2Seq::reorder_within_sources(&self.inner, cache, indices)
+    fn beams_share_memory(&self) -> bool {
+        self.share_memory
+    }
+    fn move_cache(
+        &self,
+        cache: &mut Self::Cache,
+        rows: &Tensor,
+        sources: Option<&Tensor>,
+    ) -> Result<()> {
+        Seq2Seq::move_cache(&self.inner, cache, rows, sources)
     }
 }
 
 /// Greedy decoding drops the rows of sentences that have ended (in a batch of 8, each one as
 /// soon as it ends: an eighth of the batch) and decodes the others as a whole batch would.
 fn greedy_drops_the_rows_of_finished_sentences() -> Result<()> {
-    let m = Counting {
-        inner: model(25)?,
-        rows: Default::default(),
-    };
+    let m = Counting::new(model(25)?, true);
     let srcs = &sources()[..8];
     let (src, mask) = padded(srcs, PAD)?;
     let memory = m.encode(&src, &mask, false)?;
@@ -288,7 +308,60 @@ fn greedy_drops_the_rows_of_finished_sentences() -> Result<()> {
     Ok(())
 }
 
+/// Beam hypotheses that share their sentence's memory row (the Transformer's layout) decode
+/// exactly as with a memory row each, the layout of architectures that cannot share it: the
+/// same hypotheses, and on the kernel path the same scores to the bit. The memory holds one
+/// row per sentence still decoding.
+fn beams_sharing_their_memory_decode_as_beams_with_their_own() -> Result<()> {
+    let (beam, shared, own) = (
+        4,
+        Counting::new(model(26)?, true),
+        Counting::new(model(26)?, false),
+    );
+    let srcs = sources();
+    let (src, mask) = padded(&srcs, PAD)?;
+    let memory = shared.encode(&src, &mask, false)?;
+    // Mixed limits, so that sentences leave the batch at different steps.
+    let max_len: Vec<usize> = srcs.iter().map(|s| s.len() + 3).collect();
+    let cfg = BeamConfig {
+        beam,
+        length_penalty: 0.6,
+        n_best: beam,
+    };
+    let decode = |m: &Counting| {
+        wick_model::ops::with_whole_products(|| beam_search(m, &memory, IDS, &max_len, cfg))
+    };
+    let (got, want) = (decode(&shared)?, decode(&own)?);
+    let exact = wick_model::ops::kernels_on(&device());
+    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+        assert_eq!(g.len(), w.len(), "sentence {i}");
+        for (g, w) in g.iter().zip(w) {
+            assert_eq!(g.tokens, w.tokens, "sentence {i}");
+            let tolerance = if exact { 0.0 } else { 1e-5 };
+            assert!(
+                (g.score - w.score).abs() <= tolerance
+                    && (g.log_prob - w.log_prob).abs() <= tolerance,
+                "sentence {i}: {g:?} shared, {w:?} own"
+            );
+        }
+    }
+    let rows = shared.rows.lock().unwrap().clone();
+    let memory_rows = shared.memory_rows.lock().unwrap().clone();
+    // Step 1 runs one row per sentence; from step 2 on, `beam` rows per memory row, and the
+    // memory shrinks as sentences end.
+    assert_eq!((rows[0], memory_rows[0]), (srcs.len(), srcs.len()));
+    for (&r, &m) in rows.iter().zip(&memory_rows).skip(1) {
+        assert_eq!(r, beam * m, "rows {rows:?}, memory rows {memory_rows:?}");
+    }
+    assert!(memory_rows.last() < memory_rows.get(1), "{memory_rows:?}");
+    let own_rows = own.rows.lock().unwrap().clone();
+    assert_eq!(own_rows, *own.memory_rows.lock().unwrap());
+    assert_eq!(own_rows, rows);
+    Ok(())
+}
+
 on_both_paths!(
+    beams_sharing_their_memory_decode_as_beams_with_their_own,
     greedy_drops_the_rows_of_finished_sentences,
     beam_of_one_is_greedy,
     model_laid_out_once_decodes_as_the_original,
