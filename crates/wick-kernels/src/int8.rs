@@ -272,26 +272,33 @@ fn fill_row<const BIAS: bool, const RELU: bool>(
         );
         let b: &[f32] = if BIAS { &bias[base..base + 16] } else { &[] };
         for i in 0..16 {
-            let mut v = (s[i] - 128 * r[i]) as f32 * inv_x * w[i];
-            if BIAS {
-                v += b[i];
-            }
-            if RELU {
-                v = v.max(0.0);
-            }
-            d[i].write(v);
+            let b = if BIAS { b[i] } else { 0.0 };
+            d[i].write(output::<BIAS, RELU>(s[i], r[i], w[i], b, inv_x));
         }
     }
     for j in full..n {
-        let mut v = (s[j] - 128 * row_sum[j]) as f32 * inv_x * inv_w[j];
-        if BIAS {
-            v += bias[j];
-        }
-        if RELU {
-            v = v.max(0.0);
-        }
-        dst[j].write(v);
+        let b = if BIAS { bias[j] } else { 0.0 };
+        dst[j].write(output::<BIAS, RELU>(s[j], row_sum[j], inv_w[j], b, inv_x));
     }
+}
+
+/// One output: `(s − 128·row_sum)·inv_x·inv_w`, plus `bias` with `BIAS`, rectified with `RELU`.
+#[inline(always)]
+fn output<const BIAS: bool, const RELU: bool>(
+    s: i32,
+    row_sum: i32,
+    inv_w: f32,
+    bias: f32,
+    inv_x: f32,
+) -> f32 {
+    let mut v = (s - 128 * row_sum) as f32 * inv_x * inv_w;
+    if BIAS {
+        v += bias;
+    }
+    if RELU {
+        v = v.max(0.0);
+    }
+    v
 }
 
 struct I8Affine {
