@@ -42,7 +42,10 @@ class Ref(nn.Module):
         self.bridge_c = nn.Linear(H, H) if cell == "lstm" else None
         luong = att != "bahdanau"
         feed = luong and cfg["input_feeding"]
-        d_in = E + H if not luong else (2 * E if feed else E)
+        conditional = cfg.get("conditional", False)
+        d_in = (H if conditional else E + H) if not luong else (2 * E if feed else E)
+        # Nematus' conditional GRU: a first cell over the previous word queries the attention.
+        self.first = cell_t(E, H) if conditional else None
         self.decoder = nn.ModuleList(
             [cell_t(d_in if i == 0 else H, H) for i in range(LAYERS)])
         self.key = None if att == "luong_dot" else nn.Linear(H, H, bias=False)
@@ -70,6 +73,9 @@ class Ref(nn.Module):
                         self.encoder, f"{kind}_l{layer}{suffix}")
             for kind in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
                 p[f"decoder.layers.{layer}.{kind}"] = getattr(self.decoder[layer], kind)
+        if self.first is not None:
+            for kind in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+                p[f"decoder.conditional.{kind}"] = getattr(self.first, kind)
         if self.key is not None:
             p["attention.key.weight"] = self.key.weight
         if self.query is not None:
@@ -123,6 +129,15 @@ class Ref(nn.Module):
                 o = torch.tanh(self.combine(torch.cat([h, attend(h)], -1)))
                 if feed is not None:
                     feed = o
+            elif self.first is not None:
+                # s' = cell₁(E y, s₀); c = attend(s'); the first layer goes on from s' over c.
+                if lstm:
+                    hs[0], cs[0] = self.first(emb, (hs[0], cs[0]))
+                else:
+                    hs[0] = self.first(emb, hs[0])
+                c = attend(hs[0])
+                h = stack(c)
+                o = torch.tanh(self.combine(torch.cat([h, c, emb], -1)))
             else:
                 c = attend(hs[-1])
                 h = stack(torch.cat([emb, c], -1))
@@ -174,3 +189,7 @@ if __name__ == "__main__":
     make("golden_rnn_lstm_luong_general", {"cell": "lstm", "attention": "luong_general", "input_feeding": True}, 4)
     make("golden_rnn_gru_luong_concat", {"cell": "gru", "attention": "luong_concat", "input_feeding": True}, 5)
     make("golden_rnn_lstm_luong_dot", {"cell": "lstm", "attention": "luong_dot", "input_feeding": True}, 6)
+    make("golden_rnn_gru_conditional", {"cell": "gru", "attention": "bahdanau", "input_feeding": True,
+                                        "conditional": True}, 7)
+    make("golden_rnn_lstm_conditional", {"cell": "lstm", "attention": "bahdanau", "input_feeding": True,
+                                         "conditional": True}, 8)

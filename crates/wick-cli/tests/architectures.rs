@@ -103,10 +103,20 @@ fn rnn_and_conv_resume_bit_for_bit_on_both_paths() {
 #[test]
 fn every_architecture_and_attention_runs_through_the_commands() {
     let dir = tempfile::tempdir().unwrap();
-    let cases: [(&str, &[&str], usize); 5] = [
+    let cases: [(&str, &[&str], usize); 6] = [
         (
             "configs/reverse-rnn.toml",
             &["--set", "model.attention=bahdanau"],
+            1,
+        ),
+        (
+            "configs/reverse-rnn.toml",
+            &[
+                "--set",
+                "model.attention=bahdanau",
+                "--set",
+                "model.conditional=true",
+            ],
             1,
         ),
         (

@@ -79,12 +79,20 @@ pub struct RnnConfig {
     /// Luong: feed the previous attentional vector into the next step's input. Bahdanau's
     /// decoder always reads its context, so it ignores the key. Default true.
     pub input_feeding: bool,
+    /// Bahdanau only: a conditional decoder (Nematus' `gru_cond`, Sennrich et al., 2017): a
+    /// first recurrent step over the previous word gives the attention its query, and the
+    /// first decoder layer goes on from that state with the context as its input, so the
+    /// query has seen the word it predicts from. Default false.
+    pub conditional: bool,
     /// Start the decoder from `tanh(W [→h_last; ←h_first])` of the top encoder layer
     /// (for an LSTM, its cell from the cells the same way); `false`: from zeros. Default true.
     pub bridge: bool,
     /// Dropout on embeddings, between stacked layers and before the output layer.
     /// Default 0.2.
     pub dropout: f32,
+    /// Dropout on the encoder states `h̄` that attention reads, keys and values alike
+    /// (nmtpytorch's `dropout_ctx`); the bridge reads the final states before it. Default 0.
+    pub context_dropout: f32,
     /// `none`, `decoder` (default: the output layer is the target embedding) or `all`.
     pub tie_embeddings: Tying,
 }
@@ -99,8 +107,10 @@ impl Default for RnnConfig {
             encoder_layers: 1,
             decoder_layers: 1,
             input_feeding: true,
+            conditional: false,
             bridge: true,
             dropout: 0.2,
+            context_dropout: 0.0,
             tie_embeddings: Tying::Decoder,
         }
     }
@@ -120,6 +130,7 @@ impl RnnConfig {
     /// Width of the decoder's first-layer input.
     pub fn decoder_input(&self) -> usize {
         match self.attention {
+            AttentionKind::Bahdanau if self.conditional => self.hidden_size,
             AttentionKind::Bahdanau => self.embedding_dim + self.hidden_size,
             _ if self.input_feeding => 2 * self.embedding_dim,
             _ => self.embedding_dim,
@@ -151,11 +162,19 @@ impl ArchConfig for RnnConfig {
         if self.decoder_layers == 0 {
             return Err(KeyError::new("decoder_layers", "must be at least 1"));
         }
-        if !(0.0..1.0).contains(&self.dropout) {
+        if self.conditional && self.attention.is_luong() {
             return Err(KeyError::new(
-                "dropout",
-                format!("must be in [0, 1), got {}", self.dropout),
+                "conditional",
+                "a conditional decoder attends between two recurrent steps, as Bahdanau's does: it needs attention = \"bahdanau\"",
             ));
+        }
+        for (key, p) in [
+            ("dropout", self.dropout),
+            ("context_dropout", self.context_dropout),
+        ] {
+            if !(0.0..1.0).contains(&p) {
+                return Err(KeyError::new(key, format!("must be in [0, 1), got {p}")));
+            }
         }
         self.tie_embeddings.check(data)?;
         data.check_vocab()

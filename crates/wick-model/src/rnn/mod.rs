@@ -1,11 +1,13 @@
 //! Attention-based RNN encoder-decoders: `arch = "rnn"`.
 //!
 //! ```text
-//! source ids ─ embed ─ dropout ─ [bidirectional GRU/LSTM] × encoder_layers ─▶ h̄ (b, s, H)
+//! source ids ─ embed ─ dropout ─ [bidirectional GRU/LSTM] × encoder_layers ─ context dropout ─▶ h̄ (b, s, H)
 //!                                   └─ final states ─ bridge ─▶ decoder's first state
 //!
 //! bahdanau (Bahdanau, Cho & Bengio, 2015), attention before the step:
 //!   cᵢ = attend(sᵢ₋₁, h̄);  sᵢ = RNN([E yᵢ₋₁; cᵢ], sᵢ₋₁);  oᵢ = tanh(W_o [sᵢ; cᵢ; E yᵢ₋₁])
+//! bahdanau with conditional = true (Nematus' conditional GRU, Sennrich et al., 2017):
+//!   s'ᵢ = RNN₁(E yᵢ₋₁, sᵢ₋₁);  cᵢ = attend(s'ᵢ, h̄);  sᵢ = RNN(cᵢ, s'ᵢ);  oᵢ as above
 //! luong_* (Luong, Pham & Manning, 2015), attention after the step:
 //!   hₜ = RNN([E yₜ₋₁; õₜ₋₁] with input feeding, else E yₜ₋₁, hₜ₋₁);  cₜ = attend(hₜ, h̄);
 //!   õₜ = tanh(W_c [hₜ; cₜ])
@@ -56,10 +58,14 @@ pub struct Rnn {
     bridge_h: Option<Linear>,
     bridge_c: Option<Linear>,
     decoder: Vec<Recurrent>,
+    /// With `conditional`: the step over the previous word whose state queries the attention.
+    conditional: Option<Recurrent>,
     attention: SourceAttention,
     /// The attentional layer: `[s; c; e]` (Bahdanau) or `[h; c]` (Luong) → `e`.
     combine: Linear,
     dropout: Dropout,
+    /// On the encoder states, after the last layer.
+    context_dropout: Dropout,
     rng: DropoutRng,
     /// The output layer laid out for decoding ([`OutputLayer::for_decoding`]), in copies
     /// made by [`Seq2Seq::for_decoding`].
@@ -170,6 +176,12 @@ impl Rnn {
                 vb.pp("decoder").pp("layers").pp(l),
             )?);
         }
+        let conditional = if cfg.conditional {
+            let vb = vb.pp("decoder").pp("conditional");
+            Some(Recurrent::new(cfg.cell, e, h, vb)?)
+        } else {
+            None
+        };
         let combine_in = match cfg.attention {
             AttentionKind::Bahdanau => 2 * h + e,
             _ => 2 * h,
@@ -185,9 +197,11 @@ impl Rnn {
             bridge_h,
             bridge_c,
             decoder,
+            conditional,
             attention: SourceAttention::new(cfg.attention, h, vb.pp("attention"))?,
             combine: Linear::new(combine_in, e, true, vb.pp("combine"))?,
             dropout: Dropout::new(cfg.dropout, rng.clone()),
+            context_dropout: Dropout::new(cfg.context_dropout, rng.clone()),
             rng,
             output_for_decoding: None,
         })
@@ -231,6 +245,18 @@ impl Rnn {
             let h = top(&layers)?;
             let (probs, context) = self.attention.attend(memory, keys, &h)?;
             let combine_in = Tensor::cat(&[&h, &context], D::Minus1)?;
+            (layers, probs, combine_in)
+        } else if let Some(first) = &self.conditional {
+            // The first layer's step from the previous state over the word, the attention
+            // with its result, then the first layer again from there over the context.
+            let mut old = cache.layers.clone();
+            let state = old
+                .first_mut()
+                .ok_or_else(|| candle_core::Error::Msg("decoder without layers".into()))?;
+            *state = first.step(&first.project_inputs(emb)?, state)?;
+            let (probs, context) = self.attention.attend(memory, keys, &state.h)?;
+            let layers = self.decoder_layers(&context, &old, train)?;
+            let combine_in = Tensor::cat(&[&top(&layers)?, &context, emb], D::Minus1)?;
             (layers, probs, combine_in)
         } else {
             let (probs, context) = self.attention.attend(memory, keys, &top(&cache.layers)?)?;
@@ -326,6 +352,9 @@ impl Seq2Seq for Rnn {
         }
         let (last_f, last_b) =
             finals.ok_or_else(|| candle_core::Error::Msg("encoder without layers".into()))?;
+        // Padded positions are zero and stay zero; with p = 0 nothing is drawn, so runs
+        // without the key replay the same dropout stream.
+        let x = self.context_dropout.forward_t(&x, train)?;
         let b = x.dim(0)?;
         let h = self.cfg.hidden_size;
         let first = |bridge: &Option<Linear>, f: &Tensor, bw: &Tensor| -> Result<Tensor> {
@@ -382,6 +411,11 @@ impl Seq2Seq for Rnn {
                 .iter()
                 .map(Recurrent::for_decoding)
                 .collect::<Result<_>>()?,
+            conditional: self
+                .conditional
+                .as_ref()
+                .map(Recurrent::for_decoding)
+                .transpose()?,
             attention: self.attention.for_decoding()?,
             combine: self.combine.for_decoding()?,
             output_for_decoding: Some(self.output_layer().for_decoding()?),

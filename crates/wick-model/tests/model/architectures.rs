@@ -32,8 +32,10 @@ fn tiny(cell: Cell, attention: AttentionKind, input_feeding: bool) -> RnnConfig 
         encoder_layers: 2,
         decoder_layers: 2,
         input_feeding,
+        conditional: false,
         bridge: true,
         dropout: 0.1,
+        context_dropout: 0.1,
         tie_embeddings: Tying::Decoder,
     }
 }
@@ -61,6 +63,12 @@ fn rnn_configs() -> Vec<RnnConfig> {
         tie_embeddings: Tying::All,
         ..tiny(Cell::Gru, AttentionKind::Bahdanau, true)
     });
+    for cell in [Cell::Gru, Cell::Lstm] {
+        out.push(RnnConfig {
+            conditional: true,
+            ..tiny(cell, AttentionKind::Bahdanau, true)
+        });
+    }
     out
 }
 
@@ -361,20 +369,26 @@ fn dropout_is_seeded_and_off_in_eval() -> Result<()> {
         dropout: 0.3,
         ..tiny(Cell::Lstm, AttentionKind::Bahdanau, true)
     };
+    // Context dropout alone: the encoder states are the only thing dropped.
+    let rnn_context = RnnConfig {
+        dropout: 0.0,
+        context_dropout: 0.3,
+        ..tiny(Cell::Gru, AttentionKind::LuongGeneral, true)
+    };
     let conv = ConvConfig {
         dropout: 0.3,
         ..tiny_conv(3, Tying::Decoder)
     };
     let build = |which: usize, seed: u64| -> Result<Model> {
-        Ok(if which == 0 {
-            build_arch(&rnn, seed)?.0
-        } else {
-            build_arch(&conv, seed)?.0
+        Ok(match which {
+            0 => build_arch(&rnn, seed)?.0,
+            1 => build_arch(&rnn_context, seed)?.0,
+            _ => build_arch(&conv, seed)?.0,
         })
     };
     let (src, src_mask) = padded(&sources(), PAD)?;
     let (tgt_in, _) = padded(&targets_in(), PAD)?;
-    for which in [0, 1] {
+    for which in [0, 1, 2] {
         let run = |train: bool, seed: u64| -> Result<Tensor> {
             let model = build(which, seed)?;
             let memory = model.encode(&src, &src_mask, train)?;
@@ -526,6 +540,21 @@ fn rejects_bad_configs() -> Result<()> {
             ..base.clone()
         },
         "dropout",
+    );
+    check(
+        RnnConfig {
+            context_dropout: -0.5,
+            ..base.clone()
+        },
+        "context_dropout",
+    );
+    check(
+        RnnConfig {
+            attention: AttentionKind::LuongGeneral,
+            conditional: true,
+            ..base.clone()
+        },
+        "conditional",
     );
     check(
         RnnConfig {

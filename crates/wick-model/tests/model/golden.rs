@@ -125,6 +125,14 @@ fn rnn_gru_luong_concat_matches_pytorch() -> Result<()> {
     check("golden_rnn_gru_luong_concat")
 }
 
+fn rnn_gru_conditional_matches_pytorch() -> Result<()> {
+    check("golden_rnn_gru_conditional")
+}
+
+fn rnn_lstm_conditional_matches_pytorch() -> Result<()> {
+    check("golden_rnn_lstm_conditional")
+}
+
 fn conv_kernel_3_matches_pytorch() -> Result<()> {
     check("golden_conv_k3")
 }
@@ -145,4 +153,6 @@ on_both_paths!(
     rnn_lstm_luong_dot_matches_pytorch,
     rnn_lstm_luong_general_matches_pytorch,
     rnn_gru_luong_concat_matches_pytorch,
+    rnn_gru_conditional_matches_pytorch,
+    rnn_lstm_conditional_matches_pytorch,
 );
