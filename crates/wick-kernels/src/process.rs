@@ -67,6 +67,24 @@ pub fn tune_process() -> Tuning {
     Tuning { thread_pools: true }
 }
 
+/// Returns the allocator's free memory to the kernel (glibc's `malloc_trim`: the free pages
+/// inside every heap, and the free top of the main one), and says whether any went.
+/// [`tune_process`] has the allocator keep what is freed, which training needs for speed;
+/// after a one-off phase that frees much, such as a model loaded and laid out for decoding
+/// (the weights as trained go), the process would otherwise go on holding that memory while
+/// it decodes. Elsewhere than glibc: nothing, `false`.
+pub fn release_free_memory() -> bool {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // SAFETY: malloc_trim only hands free pages back and takes the allocator's own locks.
+        unsafe { libc::malloc_trim(0) == 1 }
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    {
+        false
+    }
+}
+
 /// Whether this process runs exactly one thread (Linux: `Threads:` of `/proc/self/status`;
 /// elsewhere unknown, so `false`).
 fn single_threaded() -> bool {

@@ -370,7 +370,6 @@ pub fn bench_decode(req: DecodeBenchRequest) -> Result<Vec<DecodeTiming>> {
     use crate::translator::{SPECIAL_IDS, decode_batches};
     use wick_model::search::{BeamConfig, beam_search, greedy, greedy_uncached};
 
-    let model = req.run.load_model(&req.which, req.device)?;
     let tok = &req.run.tokenizers;
     let decode = &req.run.config.decode;
     let mut modes = vec!["greedy".to_string()];
@@ -382,9 +381,13 @@ pub fn bench_decode(req: DecodeBenchRequest) -> Result<Vec<DecodeTiming>> {
     }
     // Laid out once and timed apart (layout_seconds), as a `Translator` does and as engines
     // that load a model once are measured.
-    let start = Instant::now();
-    let laid_out = wick_model::ops::with_weight_format(req.weights, || model.for_decoding())?;
-    let layout_seconds = start.elapsed().as_secs_f64();
+    // The loaded model goes once laid out: the layout holds the weights, as in a `Translator`.
+    let (laid_out, layout_seconds) = {
+        let model = req.run.load_model(&req.which, req.device)?;
+        let start = Instant::now();
+        let laid_out = wick_model::ops::with_weight_format(req.weights, || model.for_decoding())?;
+        (laid_out, start.elapsed().as_secs_f64())
+    };
     let mut out = Vec::new();
     let mut reference: Option<Vec<Vec<u32>>> = None;
     for mode in modes {
@@ -399,6 +402,8 @@ pub fn bench_decode(req: DecodeBenchRequest) -> Result<Vec<DecodeTiming>> {
             },
             ..decode.clone()
         };
+        // Each mode's peak on its own: what the last one freed goes back first.
+        wick_kernels::process::release_free_memory();
         let peak_measured = crate::run::reset_peak_memory();
         for _ in 0..req.repeats.max(1) {
             let start = Instant::now();
@@ -471,11 +476,14 @@ pub struct PresetDecodeRequest {
 pub fn bench_decode_preset(req: PresetDecodeRequest) -> Result<Vec<DecodeTiming>> {
     use wick_model::search::{BeamConfig, SpecialIds, beam_search, greedy};
 
-    let (_store, model) = random_model(&req.model, req.vocab, &req.device)?;
-    // Laid out once, like a model loaded for translation (`decode_batches`).
-    let start = Instant::now();
-    let model = wick_model::ops::with_weight_format(req.weights, || model.for_decoding())?;
-    let layout_seconds = start.elapsed().as_secs_f64();
+    // Laid out once, like a model loaded for translation (`decode_batches`); the trained
+    // model and its store go once laid out, as in a `Translator`.
+    let (model, layout_seconds) = {
+        let (_store, model) = random_model(&req.model, req.vocab, &req.device)?;
+        let start = Instant::now();
+        let laid_out = wick_model::ops::with_weight_format(req.weights, || model.for_decoding())?;
+        (laid_out, start.elapsed().as_secs_f64())
+    };
     let (b, s) = (req.batch_size, req.src_len);
     let src = RandomIds::new(req.vocab).tensor(b, s, &req.device)?;
     let src_mask = Tensor::ones((b, s), DType::F32, &req.device)?;
@@ -492,6 +500,8 @@ pub fn bench_decode_preset(req: PresetDecodeRequest) -> Result<Vec<DecodeTiming>
     for mode in modes {
         let mut best = f64::INFINITY;
         let mut tokens = 0;
+        // Each mode's peak on its own: what the last one freed goes back first.
+        wick_kernels::process::release_free_memory();
         let peak_measured = crate::run::reset_peak_memory();
         // One untimed run first: the first pass pays for page faults and thread start-up.
         for i in 0..=req.repeats.max(1) {

@@ -84,8 +84,8 @@ pub struct Candidate {
 pub struct Translator {
     /// Laid out for decoding in `weights`.
     model: Model,
-    /// As loaded, for laying out again in another format.
-    source: Model,
+    /// Where the weights come from when they are laid out again in another format.
+    origin: Origin,
     weights: WeightFormat,
     tokenizers: Tokenizers,
     decode: DecodeConfig,
@@ -104,6 +104,28 @@ impl std::fmt::Debug for Translator {
             .field("checkpoint", &self.checkpoint)
             .finish()
     }
+}
+
+/// The trained weights behind a [`Translator`], for [`Translator::with_weights`].
+enum Origin {
+    /// The caller's model: a clone shares its tensors, so keeping it costs nothing.
+    Model(Model),
+    /// A run's checkpoint, read again when needed, so that a translator of a run holds each
+    /// weight once, in its decoding layout. `stamp`: the file's length and modification time
+    /// when it was loaded, so that a checkpoint rewritten since (`best` during training) is
+    /// refused rather than mixed in.
+    Checkpoint {
+        dir: PathBuf,
+        which: Which,
+        device: Device,
+        stamp: (u64, Option<std::time::SystemTime>),
+    },
+}
+
+fn file_stamp(path: &Path) -> Result<(u64, Option<std::time::SystemTime>)> {
+    let meta =
+        std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
+    Ok((meta.len(), meta.modified().ok()))
 }
 
 /// The number of threads a [`Translator`] decodes with by default: `RAYON_NUM_THREADS` if
@@ -129,10 +151,27 @@ impl Translator {
     /// settings and [`default_threads`] threads.
     pub fn from_run(dir: impl AsRef<Path>, which: Which, device: &Device) -> Result<Self> {
         let run = Run::open(dir.as_ref())?;
-        let model = run.load_model(&which, device)?;
         let checkpoint = run.checkpoint_path(&which);
+        let before = file_stamp(&checkpoint).ok();
+        let model = run.load_model(&which, device)?;
+        let stamp = file_stamp(&checkpoint)?;
+        if before.is_some_and(|b| b != stamp) {
+            bail!(
+                "{}: the checkpoint was rewritten while it was read; try again",
+                checkpoint.display()
+            )
+        }
         let mut t = Self::from_model(&model, run.tokenizers, run.config.decode)?
             .with_threads(default_threads())?;
+        // The loaded model goes: the layout holds the weights.
+        t.origin = Origin::Checkpoint {
+            dir: dir.as_ref().to_path_buf(),
+            which,
+            device: device.clone(),
+            stamp,
+        };
+        drop(model);
+        wick_kernels::process::release_free_memory();
         t.checkpoint = Some(checkpoint);
         Ok(t)
     }
@@ -143,7 +182,7 @@ impl Translator {
         decode.validate().map_err(anyhow::Error::msg)?;
         Ok(Self {
             model: model.for_decoding()?,
-            source: model.clone(),
+            origin: Origin::Model(model.clone()),
             weights: WeightFormat::F32,
             tokenizers,
             decode,
@@ -154,11 +193,34 @@ impl Translator {
 
     /// Decodes with weights in `format`: [`WeightFormat::Int8`] quantizes every linear layer
     /// and the output projection per output row, and the inputs of each product per row
-    /// (`wick translate --quantize int8`; CPU only). Embeddings and norms stay f32.
+    /// (`wick translate --quantize int8`; CPU only). Embeddings and norms stay f32. A
+    /// translator made by [`Self::from_run`] reads its checkpoint again for this, and refuses
+    /// if the file has changed since.
     pub fn with_weights(mut self, format: WeightFormat) -> Result<Self> {
         if format != self.weights {
-            self.model = ops::with_weight_format(format, || self.source.for_decoding())?;
+            let source = match &self.origin {
+                Origin::Model(model) => model.clone(),
+                Origin::Checkpoint {
+                    dir,
+                    which,
+                    device,
+                    stamp,
+                } => {
+                    let run = Run::open(dir)?;
+                    let path = run.checkpoint_path(which);
+                    if file_stamp(&path)? != *stamp {
+                        bail!(
+                            "{}: the checkpoint has changed since the translator loaded it; make a new translator",
+                            path.display()
+                        )
+                    }
+                    run.load_model(which, device)?
+                }
+            };
+            self.model = ops::with_weight_format(format, || source.for_decoding())?;
             self.weights = format;
+            drop(source);
+            wick_kernels::process::release_free_memory();
         }
         Ok(self)
     }

@@ -147,3 +147,43 @@ fn a_translators_modes_agree() {
             .is_err()
     );
 }
+
+/// A translator of a run holds the weights once, in its layout, and reads the checkpoint
+/// again to lay them out in another format: it gets what a translator over the loaded model
+/// gets, and refuses a checkpoint rewritten in between.
+#[test]
+fn a_translator_of_a_run_lays_out_its_checkpoint_again() {
+    use wick_train::{Run, WeightFormat};
+    let dir = tempfile::tempdir().unwrap();
+    let run_dir = trained(dir.path());
+    let run = Run::open(&run_dir).unwrap();
+    let model = run.load_model(&Which::Best, &Device::Cpu).unwrap();
+    let over_model = |format| {
+        Translator::from_model(&model, run.tokenizers.clone(), run.config.decode.clone())
+            .unwrap()
+            .with_weights(format)
+            .unwrap()
+            .translate(&SOURCES)
+            .unwrap()
+    };
+    for format in [WeightFormat::Int8, WeightFormat::F32] {
+        let t = Translator::from_run(&run_dir, Which::Best, &Device::Cpu)
+            .unwrap()
+            .with_weights(format)
+            .unwrap();
+        assert_eq!(t.weights(), format);
+        assert_eq!(
+            t.translate(&SOURCES).unwrap(),
+            over_model(format),
+            "{format:?}"
+        );
+    }
+
+    let t = Translator::from_run(&run_dir, Which::Best, &Device::Cpu).unwrap();
+    let path = t.checkpoint().unwrap().to_path_buf();
+    let file = std::fs::File::options().write(true).open(&path).unwrap();
+    file.set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_secs(1))
+        .unwrap();
+    let err = t.with_weights(WeightFormat::Int8).unwrap_err();
+    assert!(err.to_string().contains("has changed"), "{err}");
+}

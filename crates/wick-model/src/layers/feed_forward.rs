@@ -42,7 +42,7 @@ impl FeedForward {
         let hidden = if self.dropout.is_active(train) {
             // The same mask, drawn at the same point of the stream, as a separate dropout
             // after the ReLU would draw; folded into fc1's node.
-            let d_ff = self.fc1.weight().dim(0)?;
+            let (d_ff, _) = self.fc1.dims()?;
             let n = xs.elem_count() / xs.dim(candle_core::D::Minus1)? * d_ff;
             self.fc1
                 .forward_relu_dropout(xs, self.dropout.draw_mask(n)?)?

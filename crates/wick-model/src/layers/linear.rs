@@ -12,12 +12,19 @@ use crate::ops::{self, LaidOut};
 
 #[derive(Clone, Debug)]
 pub struct Linear {
-    /// `(out, in)`, as in PyTorch.
-    weight: Tensor,
+    weight: Weight,
     /// `(out,)`
     bias: Option<Tensor>,
-    /// The weight laid out for decoding, in copies made by [`Linear::for_decoding`].
-    laid_out: Option<LaidOut>,
+}
+
+/// The weight as trained, or (in copies made by [`Linear::for_decoding`]) laid out for
+/// decoding in its place: a decoding copy does not keep the f32 weight beside its layout, so
+/// that a translator holds each weight once.
+#[derive(Clone, Debug)]
+enum Weight {
+    /// `(out, in)`, as in PyTorch.
+    Trained(Tensor),
+    LaidOut(LaidOut),
 }
 
 impl Linear {
@@ -34,14 +41,28 @@ impl Linear {
     /// A layer over existing tensors: weight `(out, in)`, bias `(out,)`.
     pub fn from_parts(weight: Tensor, bias: Option<Tensor>) -> Self {
         Self {
-            weight,
+            weight: Weight::Trained(weight),
             bias,
-            laid_out: None,
         }
     }
 
-    pub fn weight(&self) -> &Tensor {
-        &self.weight
+    /// The weight `(out, in)`; an error for a copy laid out for decoding, which keeps only
+    /// its layout ([`Linear::laid_out`]).
+    pub fn weight(&self) -> Result<&Tensor> {
+        match &self.weight {
+            Weight::Trained(w) => Ok(w),
+            Weight::LaidOut(_) => candle_core::bail!(
+                "linear layer: a copy laid out for decoding keeps no f32 weight (use the trained model)"
+            ),
+        }
+    }
+
+    /// The weight's `(out, in)`.
+    pub fn dims(&self) -> Result<(usize, usize)> {
+        match &self.weight {
+            Weight::Trained(w) => w.dims2(),
+            Weight::LaidOut(l) => l.dims(),
+        }
     }
 
     pub fn bias(&self) -> Option<&Tensor> {
@@ -50,31 +71,35 @@ impl Linear {
 
     /// The weight's layout for decoding, in a copy made by [`Linear::for_decoding`].
     pub fn laid_out(&self) -> Option<&LaidOut> {
-        self.laid_out.as_ref()
+        match &self.weight {
+            Weight::Trained(_) => None,
+            Weight::LaidOut(l) => Some(l),
+        }
     }
 
     /// A copy of the layer for inference (decoding steps, and the encoder before them), with
     /// the weight laid out in advance ([`ops::lay_out_for_decoding`]). `gemm` packs an
     /// operand that is not in its kernel's layout on every call, and with the few rows of a
     /// decoding step that packing of W took a fifth of a step (perf, small preset, greedy,
-    /// one thread). Later updates to the trained weight are not seen by the copy; the copy's
-    /// products have no backward. The weights are stored in the thread's weight format
+    /// one thread). The copy holds the layout instead of the f32 weight, so it does not keep
+    /// the trained weight alive and later updates to it are not seen; its products have no
+    /// backward. The weights are stored in the thread's weight format
     /// ([`ops::with_weight_format`]: f32, or int8). A layer already laid out is returned as
     /// it is (a clone), whatever the format.
     pub fn for_decoding(&self) -> Result<Self> {
-        if self.laid_out.is_some() {
-            return Ok(self.clone());
+        match &self.weight {
+            Weight::LaidOut(_) => Ok(self.clone()),
+            Weight::Trained(w) => Ok(Self {
+                weight: Weight::LaidOut(ops::lay_out_for_decoding(w)?),
+                bias: self.bias.clone(),
+            }),
         }
-        Ok(Self {
-            laid_out: Some(ops::lay_out_for_decoding(&self.weight)?),
-            ..self.clone()
-        })
     }
 
     fn apply(&self, xs: &Tensor, relu: bool) -> Result<Tensor> {
-        match &self.laid_out {
-            Some(l) => ops::affine_laid_out(xs, &self.weight, l, self.bias.as_ref(), relu),
-            None => ops::affine(xs, &self.weight, self.bias.as_ref(), relu, None),
+        match &self.weight {
+            Weight::LaidOut(l) => ops::affine_laid_out(xs, l, self.bias.as_ref(), relu),
+            Weight::Trained(w) => ops::affine(xs, w, self.bias.as_ref(), relu, None),
         }
     }
 
@@ -94,7 +119,7 @@ impl Linear {
     /// # Shapes
     /// `(…, in)` → `(…, out)`; mask: as many values as the output.
     pub fn forward_relu_dropout(&self, xs: &Tensor, mask: Vec<f32>) -> Result<Tensor> {
-        ops::affine(xs, &self.weight, self.bias.as_ref(), true, Some(mask))
+        ops::affine(xs, self.weight()?, self.bias.as_ref(), true, Some(mask))
     }
 }
 

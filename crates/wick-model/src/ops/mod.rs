@@ -330,10 +330,17 @@ pub fn with_weight_format<R>(format: WeightFormat, f: impl FnOnce() -> R) -> R {
 
 /// A weight laid out once for products with few rows (decoding steps, and the encoder before
 /// them): packed into panels on the kernel path, stored transposed elsewhere, or as int8.
+/// Each form stands for the weight on its own (a decoding copy keeps no f32 weight beside
+/// it): a path that cannot use it multiplies by a transposed copy made on first use.
 #[derive(Clone, Debug)]
 pub enum LaidOut {
-    /// `(⌈out/64⌉, in, 64)` panels (`wick_kernels::panel`).
-    Panels(Tensor),
+    /// `(⌈out/64⌉, in, 64)` panels (`wick_kernels::panel`) for `out` features, and Wᵀ
+    /// `(in, out)` unpacked from them for the composed path, made on that path's first use.
+    Panels {
+        panels: Tensor,
+        out: usize,
+        transposed: std::sync::Arc<OnceLock<Tensor>>,
+    },
     /// Wᵀ `(in, out)`, contiguous.
     Transposed(Tensor),
     /// int8 rows for the kernel (`wick_kernels::int8`), and the weight they stand for,
@@ -349,8 +356,52 @@ impl LaidOut {
     /// The format this layout stores.
     pub fn format(&self) -> WeightFormat {
         match self {
-            LaidOut::Panels(_) | LaidOut::Transposed(_) => WeightFormat::F32,
+            LaidOut::Panels { .. } | LaidOut::Transposed(_) => WeightFormat::F32,
             LaidOut::Int8 { .. } => WeightFormat::Int8,
+        }
+    }
+
+    /// The weight's `(out, in)`.
+    pub fn dims(&self) -> Result<(usize, usize)> {
+        Ok(match self {
+            LaidOut::Panels { panels, out, .. } => (*out, panels.dim(1)?),
+            LaidOut::Transposed(wt) => (wt.dim(1)?, wt.dim(0)?),
+            LaidOut::Int8 { weight, .. } => (weight.out_features(), weight.in_features()),
+        })
+    }
+
+    /// Wᵀ `(in, out)` in f32 for the composed path: the transposed layout itself, or the copy
+    /// made from panels or int8 rows on first use and kept.
+    fn transposed(&self) -> Result<Tensor> {
+        fn once(cell: &OnceLock<Tensor>, make: impl FnOnce() -> Result<Tensor>) -> Result<Tensor> {
+            if let Some(t) = cell.get() {
+                return Ok(t.clone());
+            }
+            let t = make()?;
+            Ok(cell.get_or_init(|| t).clone())
+        }
+        match self {
+            LaidOut::Transposed(wt) => Ok(wt.clone()),
+            LaidOut::Panels {
+                panels,
+                out,
+                transposed,
+            } => once(transposed, || {
+                // Panel p holds columns p·64 … of Wᵀ: side by side they are Wᵀ, zero-padded.
+                let (n, k, width) = panels.dims3()?;
+                panels
+                    .transpose(0, 1)?
+                    .contiguous()?
+                    .reshape((k, n * width))?
+                    .narrow(1, 0, *out)?
+                    .contiguous()
+            }),
+            LaidOut::Int8 {
+                weight,
+                dequantized_t,
+            } => once(dequantized_t, || {
+                reference::transpose_contiguous(&weight.dequantize()?)
+            }),
         }
     }
 }
@@ -370,42 +421,34 @@ pub fn lay_out_for_decoding(w: &Tensor) -> Result<LaidOut> {
                 dequantized_t: Default::default(),
             })
         }
-        WeightFormat::F32 if use_kernels(w) => Ok(LaidOut::Panels(k::panel::pack(w)?)),
+        WeightFormat::F32 if use_kernels(w) => Ok(LaidOut::Panels {
+            panels: k::panel::pack(w)?,
+            out: w.dim(0)?,
+            transposed: Default::default(),
+        }),
         WeightFormat::F32 => Ok(LaidOut::Transposed(reference::transpose_contiguous(w)?)),
     }
 }
 
-/// [`affine`] of a layer whose weight `w` `(out, in)` is also laid out as `laid_out`; no
-/// gradient. Panels serve the kernel path; a path that cannot use them reads `w`. int8
-/// layouts always compute in int8: the kernel on the kernel path, its composed twin
-/// ([`reference::affine_int8`]) elsewhere.
+/// [`affine`] of a layer whose weight is laid out as `laid_out`; no gradient. Panels and
+/// int8 rows serve the kernel path; a path that cannot use them multiplies by Wᵀ
+/// ([`LaidOut`]). int8 layouts always compute in int8: the kernel on the kernel path, its
+/// composed twin ([`reference::affine_int8`]) elsewhere.
 pub fn affine_laid_out(
     x: &Tensor,
-    w: &Tensor,
     laid_out: &LaidOut,
     b: Option<&Tensor>,
     relu: bool,
 ) -> Result<Tensor> {
     match laid_out {
         LaidOut::Int8 { weight, .. } if use_kernels(x) => k::int8::affine(x, weight, b, relu),
-        LaidOut::Int8 {
-            weight,
-            dequantized_t,
-        } => {
-            let wt = match dequantized_t.get() {
-                Some(wt) => wt.clone(),
-                None => {
-                    let wt = reference::transpose_contiguous(&weight.dequantize()?)?;
-                    dequantized_t.get_or_init(|| wt).clone()
-                }
-            };
-            reference::affine_int8(x, &wt, b, relu)
+        LaidOut::Int8 { .. } => reference::affine_int8(x, &laid_out.transposed()?, b, relu),
+        LaidOut::Panels { panels, out, .. } if use_kernels(x) => {
+            k::panel::affine(x, panels, b, *out, relu)
         }
-        LaidOut::Panels(panels) if use_kernels(x) => {
-            k::panel::affine(x, panels, b, w.dim(0)?, relu)
+        LaidOut::Panels { .. } | LaidOut::Transposed(_) => {
+            reference::affine_transposed(x, &laid_out.transposed()?, b, relu)
         }
-        LaidOut::Transposed(wt) if !use_kernels(x) => reference::affine_transposed(x, wt, b, relu),
-        _ => affine(x, w, b, relu, None),
     }
 }
 

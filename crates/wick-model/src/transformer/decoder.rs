@@ -21,10 +21,16 @@ pub struct LayerCache {
 }
 
 impl LayerCache {
-    /// Keeps rows `rows` of the self-attention state, in place, and rows `sources` of the
-    /// memory's keys/values (`None`: as they are); see `Seq2Seq::move_cache`.
-    pub fn select_in_place(&mut self, rows: &Tensor, sources: Option<&Tensor>) -> Result<()> {
-        self.self_kv.select_in_place(rows)?;
+    /// Keeps rows `rows` of the self-attention state, in place (through `spare`, which the
+    /// layers share: `StepKvCache::select_in_place`), and rows `sources` of the memory's
+    /// keys/values (`None`: as they are); see `Seq2Seq::move_cache`.
+    pub fn select_in_place(
+        &mut self,
+        rows: &Tensor,
+        sources: Option<&Tensor>,
+        spare: &mut Option<Tensor>,
+    ) -> Result<()> {
+        self.self_kv.select_in_place(rows, spare)?;
         if let Some(sources) = sources {
             self.memory_kv = self.memory_kv.index_select(sources)?;
         }

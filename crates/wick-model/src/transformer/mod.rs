@@ -46,6 +46,9 @@ pub struct TransformerCache {
     /// weights laid out for decoding ([`Linear::for_decoding`]).
     decoder: Decoder,
     output: Linear,
+    /// The buffer the layers' self-attention caches reorder into, one for all of them
+    /// (`StepKvCache::select_in_place`).
+    spare: Option<Tensor>,
 }
 
 impl TransformerCache {
@@ -55,6 +58,7 @@ impl TransformerCache {
             offset: self.offset,
             decoder: self.decoder.clone(),
             output: self.output.clone(),
+            spare: None,
         })
     }
 }
@@ -279,6 +283,7 @@ impl Seq2Seq for Transformer {
             offset: 0,
             decoder,
             output,
+            spare: None,
         })
     }
 
@@ -330,7 +335,7 @@ impl Seq2Seq for Transformer {
         sources: Option<&Tensor>,
     ) -> Result<()> {
         for layer in &mut cache.layers {
-            layer.select_in_place(rows, sources)?;
+            layer.select_in_place(rows, sources, &mut cache.spare)?;
         }
         Ok(())
     }

@@ -155,23 +155,37 @@ fn fused_linear_matches_reference() -> Result<()> {
                 run(&|x| layer.forward(x))?
             };
             let (yr, gr) =
-                run(&|x| ops::reference::affine(x, layer.weight(), layer.bias(), relu, None))?;
+                run(&|x| ops::reference::affine(x, layer.weight()?, layer.bias(), relu, None))?;
             assert_eq!(y.dims(), yr.dims());
             assert!(rel(&y, &yr)? < 1e-5, "forward {shape:?} relu {relu}");
             // The decoding copy (on the CPU) multiplies by the same weight packed in panels.
             let copy = layer.for_decoding()?;
             let panels = match copy.laid_out() {
-                Some(ops::LaidOut::Panels(p)) => Some(p.dims().to_vec()),
+                Some(ops::LaidOut::Panels { panels, .. }) => Some(panels.dims().to_vec()),
                 _ => None,
             };
             assert_eq!(panels, Some(vec![d_out.div_ceil(64), d_in, 64]));
-            assert_eq!(copy.weight().dims(), layer.weight().dims());
+            // The panels stand for the weight: the copy keeps no f32 weight beside them.
+            assert!(copy.weight().is_err());
+            assert_eq!(copy.dims()?, layer.dims()?);
             let yd = if relu {
                 copy.forward_relu(x.as_tensor())?
             } else {
                 copy.forward(x.as_tensor())?
             };
             assert!(rel(&yd, &yr)? < 1e-5, "decoding copy {shape:?} relu {relu}");
+            // Where kernels are barred the copy multiplies by Wᵀ unpacked from its panels.
+            let yc = ops::with_reference_ops(|| {
+                if relu {
+                    copy.forward_relu(x.as_tensor())
+                } else {
+                    copy.forward(x.as_tensor())
+                }
+            })?;
+            assert!(
+                rel(&yc, &yr)? < 1e-5,
+                "composed decoding copy {shape:?} relu {relu}"
+            );
             for (a, b) in g.iter().zip(&gr) {
                 let r = rel(a, b)?;
                 assert!(r < 1e-5, "backward {shape:?} relu {relu}: {r}");
@@ -215,7 +229,7 @@ fn int8_linear_matches_reference_and_f32() -> Result<()> {
             int8.for_decoding()?.laid_out(),
             Some(ops::LaidOut::Int8 { .. })
         ));
-        let exact = ops::reference::affine(&x, layer.weight(), layer.bias(), false, None)?;
+        let exact = ops::reference::affine(&x, layer.weight()?, layer.bias(), false, None)?;
         let top = exact
             .abs()?
             .flatten_all()?
