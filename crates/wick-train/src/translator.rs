@@ -118,14 +118,33 @@ enum Origin {
         dir: PathBuf,
         which: Which,
         device: Device,
-        stamp: (u64, Option<std::time::SystemTime>),
+        stamp: Stamp,
     },
 }
 
-fn file_stamp(path: &Path) -> Result<(u64, Option<std::time::SystemTime>)> {
+/// A file's length and modification time.
+type Stamp = (u64, Option<std::time::SystemTime>);
+
+fn file_stamp(path: &Path) -> Result<Stamp> {
     let meta =
         std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
     Ok((meta.len(), meta.modified().ok()))
+}
+
+/// The checkpoint `which` of `run` and its stamp; refused if it was rewritten while it was
+/// read.
+fn load_stamped(run: &Run, which: &Which, device: &Device) -> Result<(Model, Stamp)> {
+    let path = run.checkpoint_path(which);
+    let before = file_stamp(&path).ok();
+    let model = run.load_model(which, device)?;
+    let stamp = file_stamp(&path)?;
+    if before.is_some_and(|b| b != stamp) {
+        bail!(
+            "{}: the checkpoint was rewritten while it was read; try again",
+            path.display()
+        )
+    }
+    Ok((model, stamp))
 }
 
 /// The number of threads a [`Translator`] decodes with by default: `RAYON_NUM_THREADS` if
@@ -152,15 +171,7 @@ impl Translator {
     pub fn from_run(dir: impl AsRef<Path>, which: Which, device: &Device) -> Result<Self> {
         let run = Run::open(dir.as_ref())?;
         let checkpoint = run.checkpoint_path(&which);
-        let before = file_stamp(&checkpoint).ok();
-        let model = run.load_model(&which, device)?;
-        let stamp = file_stamp(&checkpoint)?;
-        if before.is_some_and(|b| b != stamp) {
-            bail!(
-                "{}: the checkpoint was rewritten while it was read; try again",
-                checkpoint.display()
-            )
-        }
+        let (model, stamp) = load_stamped(&run, &which, device)?;
         let mut t = Self::from_model(&model, run.tokenizers, run.config.decode)?
             .with_threads(default_threads())?;
         // The loaded model goes: the layout holds the weights.
@@ -207,14 +218,14 @@ impl Translator {
                     stamp,
                 } => {
                     let run = Run::open(dir)?;
-                    let path = run.checkpoint_path(which);
-                    if file_stamp(&path)? != *stamp {
+                    let (model, now) = load_stamped(&run, which, device)?;
+                    if now != *stamp {
                         bail!(
                             "{}: the checkpoint has changed since the translator loaded it; make a new translator",
-                            path.display()
+                            run.checkpoint_path(which).display()
                         )
                     }
-                    run.load_model(which, device)?
+                    model
                 }
             };
             self.model = ops::with_weight_format(format, || source.for_decoding())?;
