@@ -476,10 +476,15 @@ pub struct PresetDecodeRequest {
 pub fn bench_decode_preset(req: PresetDecodeRequest) -> Result<Vec<DecodeTiming>> {
     use wick_model::search::{BeamConfig, SpecialIds, beam_search, greedy};
 
-    // Laid out once, like a model loaded for translation (`decode_batches`); the trained
-    // model and its store go once laid out, as in a `Translator`.
+    // Laid out once, like a model loaded for translation (`decode_batches`): frozen, as a
+    // loaded checkpoint is; the model and its store go once laid out, as in a `Translator`.
     let (model, layout_seconds) = {
-        let (_store, model) = random_model(&req.model, req.vocab, &req.device)?;
+        let (store, _) = random_model(&req.model, req.vocab, &req.device)?;
+        let vocab = VocabSizes {
+            src: req.vocab,
+            tgt: req.vocab,
+        };
+        let model = crate::run::frozen_model(&req.model, vocab, &store, &req.device)?;
         let start = Instant::now();
         let laid_out = wick_model::ops::with_weight_format(req.weights, || model.for_decoding())?;
         (laid_out, start.elapsed().as_secs_f64())

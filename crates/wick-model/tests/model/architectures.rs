@@ -317,6 +317,38 @@ fn cached_decoding_equals_full_forward() -> Result<()> {
     Ok(())
 }
 
+/// A decoding copy of a model over trainable variables encodes to a memory that records no
+/// ops, whatever the architecture: a memory that did would keep every activation of the
+/// encoder alive for as long as the batch decodes. The model itself records them (so that
+/// the check can fail).
+fn decoding_copies_keep_no_encoder_graph() -> Result<()> {
+    let (src, src_mask) = padded(&sources(), 0)?;
+    let mut models = all_models(3)?;
+    let (transformer, store) = build(
+        &tiny_config(wick_model::transformer::NormPosition::Pre, Tying::All),
+        3,
+    )?;
+    models.push((
+        "transformer".into(),
+        Model::new("transformer", transformer),
+        store,
+    ));
+    for (name, model, _store) in &models {
+        let trained = model.encode(&src, &src_mask, false)?;
+        assert!(
+            trained.states.track_op(),
+            "{name}: the model records no ops"
+        );
+        let memory = model.for_decoding()?.encode(&src, &src_mask, false)?;
+        let tracked = std::iter::once(&memory.states)
+            .chain(&memory.extra)
+            .any(Tensor::track_op);
+        assert!(!tracked, "{name}: a decoding copy's memory records ops");
+        assert!(max_diff(&memory.states, &trained.states)? < 1e-5, "{name}");
+    }
+    Ok(())
+}
+
 fn beam_one_equals_greedy() -> Result<()> {
     let ids = SpecialIds { bos: BOS, eos: EOS };
     for (cfg, model, _) in all_models(9)? {
@@ -636,6 +668,7 @@ on_both_paths!(
     decoder_is_causal,
     cached_decoding_equals_full_forward,
     beam_one_equals_greedy,
+    decoding_copies_keep_no_encoder_graph,
     every_parameter_gets_a_gradient,
     dropout_is_seeded_and_off_in_eval,
     rnn_initialisation,

@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
-use wick_model::{DropoutRng, Model, ParamStore, VocabSizes};
+use wick_model::{DropoutRng, Model, ModelConfig, ParamStore, VocabSizes};
 
 pub use self::provenance::{git_commit, memory_mb, reset_peak_memory, sha256_file};
 pub use self::state::{BestCheckpoint, CheckpointEntry, CheckpointIndex, TrainerState};
@@ -141,13 +141,17 @@ pub fn inference_model(
         store.var_builder(DType::F32, device),
     )?;
     store.load(&tensors)?;
-    frozen_model(cfg, vocab, &store, device)
+    frozen_model(&cfg.model, vocab, &store, device)
 }
 
 /// A model that reads the current values of `store` without recording gradients: its
-/// tensors share storage with the trainable variables, so it follows every update.
+/// tensors share storage with the trainable variables, so it follows every update. What
+/// evaluates and decodes is built this way: an op on a trainable variable records its inputs
+/// for the backward pass, and so does every op after it, so that a model over the variables
+/// themselves keeps each activation alive for as long as anything computed from it is (a
+/// decoding copy also cuts its encoder output loose, see `Model`'s `encode`).
 pub fn frozen_model(
-    cfg: &Config,
+    cfg: &ModelConfig,
     vocab: VocabSizes,
     store: &ParamStore,
     device: &Device,
@@ -158,7 +162,7 @@ pub fn frozen_model(
         .map(|(k, v)| (k, v.as_tensor().detach()))
         .collect();
     let vb = VarBuilder::from_tensors(tensors, DType::F32, device);
-    Ok(cfg.model.build(vocab, DropoutRng::new(0), vb)?)
+    Ok(cfg.build(vocab, DropoutRng::new(0), vb)?)
 }
 
 /// Picks `runs/<name>`, or `runs/<name>-2`, `-3`, … if taken.

@@ -129,7 +129,7 @@ impl Trainer {
         let model = cfg
             .model
             .build(vocab, dropout_rng, store.var_builder(DType::F32, device))?;
-        let eval_model = frozen_model(&cfg, vocab, &store, device)?;
+        let eval_model = frozen_model(&cfg.model, vocab, &store, device)?;
         let replicas = replicas(&model, &cfg.model, &store, device, cfg.train.shards)?;
         let t = &cfg.train;
         let opt = AdamW::new(
